@@ -1,0 +1,208 @@
+"""Argument checks, backend choice and layout helpers shared by the pooling ops."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+BACKENDS = ("auto", "triton", "torch")
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Mode ids shared by the Triton kernels and the custom ops (see _kernels.py).
+LSE, SOFT, STOCH_EVAL, STOCH_TRAIN = 0, 1, 2, 3
+
+
+def check_tensor(x: object, ndim: int, layout: str, name: str = "x") -> Tensor:
+    """Check that ``x`` is a floating tensor of rank ``ndim`` (``layout`` names the axes)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() != ndim:
+        raise ValueError(f"`{name}` must be {ndim}-D {layout}, got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"`{name}` must not be empty, got shape {tuple(x.shape)}")
+    return x
+
+
+def ntuple(value: int | Sequence[int], n: int, name: str, minimum: int = 1) -> tuple[int, ...]:
+    """Turn an int or a sequence of ``n`` ints into a tuple, checking each is ``>= minimum``."""
+    if isinstance(value, bool):
+        raise TypeError(f"`{name}` must be an int or a sequence of {n} ints, got {value!r}")
+    if isinstance(value, int):
+        out = (value,) * n
+    elif isinstance(value, Sequence) and len(value) == n and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        out = tuple(value)
+    else:
+        raise TypeError(f"`{name}` must be an int or a sequence of {n} ints, got {value!r}")
+    if any(v < minimum for v in out):
+        raise ValueError(f"`{name}` must be >= {minimum} in every dimension, got {value!r}")
+    return out
+
+
+def window_geometry(
+    spatial: Sequence[int],
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] | None,
+    padding: int | Sequence[int] = 0,
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """Validate a pooling window and return ``(kernel, stride, padding, output_size)``.
+
+    Padding follows torch's rule (at most half the window), so that every window holds at
+    least one real element; padded positions are excluded from the window.
+    """
+    n = len(spatial)
+    k = ntuple(kernel_size, n, "kernel_size")
+    s = k if stride is None else ntuple(stride, n, "stride")
+    p = ntuple(padding, n, "padding", minimum=0)
+    for kk, pp in zip(k, p):
+        if pp > kk // 2:
+            raise ValueError(
+                f"`padding` must be at most half of `kernel_size`, got padding={p} for "
+                f"kernel_size={k}"
+            )
+    for size, kk, pp in zip(spatial, k, p):
+        if kk > size + 2 * pp:
+            raise ValueError(
+                f"`kernel_size` {k} is larger than the padded input {tuple(spatial)} "
+                f"(padding {p})"
+            )
+    out = tuple((size + 2 * pp - kk) // ss + 1 for size, kk, ss, pp in zip(spatial, k, s, p))
+    return k, s, p, out
+
+
+def check_r(r: float | Tensor, channels: int) -> Tensor | float:
+    """Check the LSE sharpness: a positive number or a tensor of shape [C] (or one element)."""
+    if isinstance(r, bool):
+        raise TypeError(f"`r` must be a positive float or a tensor of shape [C], got {r!r}")
+    if isinstance(r, (int, float)):
+        if not r > 0 or math.isinf(r):
+            raise ValueError(f"`r` must be positive and finite, got {r}")
+        return float(r)
+    if not isinstance(r, Tensor):
+        raise TypeError(
+            f"`r` must be a positive float or a tensor of shape [C], got {type(r).__name__}"
+        )
+    if not r.is_floating_point():
+        raise TypeError(f"`r` must be a floating-point tensor, got dtype {r.dtype}")
+    if r.numel() != 1 and tuple(r.shape) != (channels,):
+        raise ValueError(
+            f"`r` must be a scalar or have shape [C] = [{channels}], got shape {tuple(r.shape)}"
+        )
+    # A value check costs a device sync; it is skipped while torch.compile traces.
+    if not torch.compiler.is_compiling() and bool((r <= 0).any()):
+        raise ValueError(f"`r` must be positive, got min(r) = {r.min().item()}")
+    return r
+
+
+@functools.cache
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def resolve_backend(backend: str, x: Tensor, op: str) -> str:
+    """Pick ``"triton"`` or ``"torch"`` for ``x``.
+
+    ``"auto"`` takes Triton for CUDA tensors of a supported dtype when Triton is installed,
+    and the PyTorch reference otherwise. ``"triton"`` raises when it cannot run.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"`backend` must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    if backend == "torch":
+        return "torch"
+    reason = None
+    if not triton_installed():
+        reason = "Triton is not installed"
+    elif not (x.is_cuda or (x.device.type == "cpu" and triton_interpreting())):
+        reason = f"it needs a CUDA tensor (or TRITON_INTERPRET=1 on CPU), got device {x.device}"
+    elif x.dtype not in KERNEL_DTYPES:
+        reason = f"its kernels take float32, float16 or bfloat16, got {x.dtype}"
+    if reason is None:
+        return "triton"
+    if backend == "triton":
+        raise ValueError(f"{op}: backend='triton' is not available: {reason}")
+    return "torch"
+
+
+def empty_like_layout(x: Tensor, shape: Sequence[int], dtype: torch.dtype | None = None) -> Tensor:
+    """An empty tensor of ``shape`` whose dimensions are laid out in memory as ``x``'s are.
+
+    Keeps channels_last inputs channels_last. Dimensions are ordered by ``x``'s strides.
+    """
+    nd = x.dim()
+    perm = sorted(range(nd), key=lambda d: -x.stride(d))
+    inverse = [0] * nd
+    for i, d in enumerate(perm):
+        inverse[d] = i
+    base = torch.empty([shape[d] for d in perm], dtype=dtype or x.dtype, device=x.device)
+    return base.permute(inverse)
+
+
+def to_5d(x: Tensor) -> Tensor:
+    """View [N, C, *spatial] (1 to 3 spatial dims) as [N, C, D, H, W] without copying."""
+    while x.dim() < 5:
+        x = x.unsqueeze(2)
+    return x
+
+
+def flat_spatial_stride(x: Tensor) -> int | None:
+    """The stride that walks the flattened spatial dims of [N, C, *spatial], or None.
+
+    Contiguous and channels_last tensors both qualify; other layouts must be copied first.
+    """
+    step = None
+    expected = None
+    for d in range(x.dim() - 1, 1, -1):
+        if x.size(d) == 1:
+            continue
+        if step is None:
+            step = x.stride(d)
+            expected = step * x.size(d)
+        elif x.stride(d) != expected:
+            return None
+        else:
+            expected = expected * x.size(d)
+    return 1 if step is None else step
+
+
+def unfold_windows(x: Tensor, k: Sequence[int], s: Sequence[int], p: Sequence[int],
+                   fill: float) -> Tensor:
+    """All pooling windows of [N, C, *spatial] as [N, C, *out, prod(k)] (a copy).
+
+    Padded positions hold ``fill`` (``-inf`` keeps them out of a log-sum-exp).
+    """
+    nd = len(k)
+    if any(p):
+        pad: list[int] = []
+        for pp in reversed(p):
+            pad += [pp, pp]
+        x = torch.nn.functional.pad(x, pad, value=fill)
+    for i in range(nd):
+        x = x.unfold(2 + i, k[i], s[i])
+    return x.flatten(-nd)
+
+
+def window_mask(spatial: Sequence[int], k, s, p, device) -> Tensor:
+    """Which window positions hold real (unpadded) elements: bool [*out, prod(k)]."""
+    ones = torch.ones((1, 1, *spatial), device=device)
+    return unfold_windows(ones, k, s, p, 0.0)[0, 0] > 0
+
+
+def kernel_ready(x: Tensor) -> Tensor:
+    """``x`` itself when it is dense with flattenable spatial dims (contiguous or
+    channels_last), else a contiguous copy: what the global kernels index."""
+    if flat_spatial_stride(x) is not None and empty_like_layout(x, x.shape).stride() == x.stride():
+        return x
+    return x.contiguous()

@@ -1,0 +1,147 @@
+"""Log-Sum-Exp pooling (ChestX-ray8, Wang et al. 2017; Pinheiro & Collobert 2015)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from wsloc.ops import _custom
+from wsloc.ops._common import (
+    LSE,
+    check_r,
+    check_tensor,
+    kernel_ready,
+    resolve_backend,
+    to_5d,
+    unfold_windows,
+    window_geometry,
+    window_mask,
+)
+
+__all__ = ["lse_pool2d", "LSEPool2d"]
+
+
+def _r_view(r: Tensor | float, nd: int) -> Tensor | float:
+    """Broadcast a per-channel r over [N, C, *rest] with ``nd`` trailing dims after C."""
+    if isinstance(r, Tensor):
+        return r.reshape(1, -1, *([1] * nd)) if r.numel() > 1 else r.reshape(())
+    return r
+
+
+def _lse_reference(x: Tensor, r: Tensor | float, k, s, p) -> Tensor:
+    """Pure-PyTorch LSE pooling: the CPU path, the fallback and the tests' oracle."""
+    if k is None:
+        z = x.flatten(2)  # [N, C, L]
+        rr = _r_view(r, 1)
+        m = z.amax(-1, keepdim=True).detach()
+        y = m + torch.log(torch.exp(rr * (z - m)).mean(-1, keepdim=True)) / rr
+        return y.squeeze(-1)
+    w = unfold_windows(x, k, s, p, 0.0)  # [N, C, OH, OW, K]
+    valid = window_mask(x.shape[2:], k, s, p, x.device)  # padding is not part of S
+    rr = _r_view(r, 3)
+    m = torch.where(valid, w, float("-inf")).amax(-1, keepdim=True).detach()
+    e = torch.where(valid, torch.exp(rr * torch.where(valid, w - m, 0.0)), 0.0)
+    cnt = valid.sum(-1, keepdim=True).to(x.dtype)
+    return (m + torch.log(e.sum(-1, keepdim=True) / cnt) / rr).squeeze(-1)
+
+
+def lse_pool2d(
+    x: Tensor,
+    r: float | Tensor,
+    kernel_size: int | Sequence[int] | None = None,
+    stride: int | Sequence[int] | None = None,
+    padding: int | Sequence[int] = 0,
+    *,
+    backend: str = "auto",
+) -> Tensor:
+    """Log-Sum-Exp pooling over each window S (or the whole map).
+
+    ``lse_r(x) = (1/r) · log((1/|S|) · Σ_{i∈S} exp(r · x_i))``, computed as
+    ``m + (1/r) · log((1/|S|) · Σ exp(r · (x_i − m)))`` with ``m = max_S x``, so no finite
+    input overflows. r → 0 tends to the mean, r → ∞ to the max; a window of equal values
+    returns that value exactly. Padded positions are excluded from S (|S| counts only real
+    elements). NaN in a window gives NaN for that window.
+
+    Args:
+        x: Tensor[N, C, H, W], float32/float16/bfloat16 (float64 on the torch backend).
+        r: sharpness, a positive float, or a Tensor[C] (one r per channel; learnable: its
+            gradient is computed).
+        kernel_size: window (int or (kh, kw)); ``None`` pools the whole map.
+        stride: window step, defaults to ``kernel_size``.
+        padding: implicit padding on each side, at most half the window.
+        backend: ``"auto"`` (Triton on CUDA, PyTorch otherwise), ``"triton"`` or ``"torch"``.
+
+    Returns:
+        Tensor[N, C] when ``kernel_size`` is None, else Tensor[N, C, OH, OW] with
+        ``OH = (H + 2·ph − kh) // sh + 1``; same dtype as ``x``.
+    """
+    check_tensor(x, 4, "[N, C, H, W]")
+    r = check_r(r, x.shape[1])
+    if kernel_size is None:
+        if stride is not None or padding != 0:
+            raise ValueError(
+                f"`stride` and `padding` need a `kernel_size`, got stride={stride!r}, "
+                f"padding={padding!r} with kernel_size=None (global pooling)"
+            )
+        geometry = None
+    else:
+        geometry = window_geometry(x.shape[2:], kernel_size, stride, padding)
+    if resolve_backend(backend, x, "lse_pool2d") == "torch":
+        k, s, p = geometry[:3] if geometry else (None, None, None)
+        return _lse_reference(x, r, k, s, p)
+    r_t = r.float().reshape(-1) if isinstance(r, Tensor) else x.new_full((1,), r, dtype=torch.float32)
+    if geometry is None:
+        return _custom.global_pool(kernel_ready(x), r_t, LSE)[0]
+    k, s, p, out = geometry
+    y5, _ = _custom.window_pool(
+        to_5d(x), r_t, None, LSE, [1, *k], [1, *s], [0, *p], [1, *out]
+    )
+    return y5.squeeze(2)
+
+
+class LSEPool2d(nn.Module):
+    """Module form of :func:`lse_pool2d`.
+
+    Args:
+        r: sharpness (float). With ``learn_r=True`` it is the starting value of a learned
+            per-channel r, kept positive as ``exp(log_r)``; ``num_channels`` is then required.
+        kernel_size, stride, padding, backend: as in :func:`lse_pool2d`.
+    """
+
+    def __init__(
+        self,
+        r: float = 10.0,
+        kernel_size: int | Sequence[int] | None = None,
+        stride: int | Sequence[int] | None = None,
+        padding: int | Sequence[int] = 0,
+        *,
+        learn_r: bool = False,
+        num_channels: int | None = None,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        check_r(float(r), 1)
+        self.kernel_size, self.stride, self.padding, self.backend = (
+            kernel_size, stride, padding, backend)
+        self.learn_r = learn_r
+        if learn_r:
+            if not isinstance(num_channels, int) or num_channels < 1:
+                raise ValueError(
+                    f"`num_channels` must be a positive int when learn_r=True, got {num_channels!r}"
+                )
+            self.log_r = nn.Parameter(torch.full((num_channels,), math.log(r)))
+        else:
+            self.r = float(r)
+
+    def forward(self, x: Tensor) -> Tensor:
+        r = self.log_r.exp() if self.learn_r else self.r
+        return lse_pool2d(x, r, self.kernel_size, self.stride, self.padding, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        r = f"learned r per channel ({self.log_r.numel()})" if self.learn_r else f"r={self.r}"
+        geom = "global" if self.kernel_size is None else (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}")
+        return f"{r}, {geom}, backend={self.backend!r}"
