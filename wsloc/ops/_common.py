@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import math
 import os
@@ -103,9 +102,11 @@ def check_r(r: float | Tensor, channels: int) -> Tensor | float:
     return r
 
 
-@functools.cache
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None  # finds, does not import
+
+
 def triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_INSTALLED
 
 
 def triton_interpreting() -> bool:
@@ -136,6 +137,16 @@ def resolve_backend(backend: str, x: Tensor, op: str) -> str:
     return "torch"
 
 
+# Tests set this to fill every kernel output with NaN first, so an unwritten element fails.
+FILL_OUTPUTS_WITH_NAN = False
+
+
+def new_output(shape: Sequence[int] | int, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """An uninitialised contiguous tensor on ``like``'s device (NaN-filled under tests)."""
+    out = torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
+    return out.fill_(float("nan")) if FILL_OUTPUTS_WITH_NAN and out.numel() else out
+
+
 def empty_like_layout(x: Tensor, shape: Sequence[int], dtype: torch.dtype | None = None) -> Tensor:
     """An empty tensor of ``shape`` whose dimensions are laid out in memory as ``x``'s are.
 
@@ -146,8 +157,7 @@ def empty_like_layout(x: Tensor, shape: Sequence[int], dtype: torch.dtype | None
     inverse = [0] * nd
     for i, d in enumerate(perm):
         inverse[d] = i
-    base = torch.empty([shape[d] for d in perm], dtype=dtype or x.dtype, device=x.device)
-    return base.permute(inverse)
+    return new_output([shape[d] for d in perm], x, dtype).permute(inverse)
 
 
 def to_5d(x: Tensor) -> Tensor:

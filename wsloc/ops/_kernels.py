@@ -25,9 +25,27 @@ import triton.language as tl
 import torch
 from torch import Tensor
 
-from wsloc.ops._common import LSE, empty_like_layout, flat_spatial_stride
+from wsloc.ops._common import LSE, empty_like_layout, flat_spatial_stride, new_output
 
 _WINDOW_BLOCK = 256
+
+
+@triton.jit
+def _expm1(t):
+    """exp(t) - 1, accurate near 0 (a Taylor series there), for t <= 0 (-inf gives -1)."""
+    poly = t * (1.0 + t * (0.5 + t * (1.0 / 6.0 + t * (1.0 / 24.0 + t * (1.0 / 120.0
+                                                                        + t / 720.0)))))
+    return tl.where(tl.abs(t) < 0.1, poly, tl.exp(t) - 1.0)
+
+
+@triton.jit
+def _log_mean_exp(s, s1, cnt):
+    """log(s / cnt) given s = Σ exp(t) and s1 = Σ expm1(t): log1p of the mean of expm1 while
+    it is accurate (small r, where log(s) - log(cnt) would cancel), else log(s / cnt)."""
+    u = s1 / cnt
+    w = 1.0 + u
+    log1p = tl.where(w == 1.0, u, tl.log(w) * u / (w - 1.0))
+    return tl.where(u > -0.5, log1p, tl.log(s / cnt))
 
 
 @triton.jit
@@ -89,7 +107,7 @@ def _window_fwd_kernel(
                                 other=float("-inf")).to(tl.float32)
                     m = tl.maximum(m, v)
         s = tl.zeros([BLOCK], tl.float32)
-        t = tl.zeros([BLOCK], tl.float32)
+        t = tl.zeros([BLOCK], tl.float32)  # SoftPool: Σ e·(x − m); LSE: Σ expm1(r·(x − m))
         cnt = tl.zeros([BLOCK], tl.float32)
         for kd in tl.static_range(KD):
             for kh in tl.static_range(KH):
@@ -106,8 +124,10 @@ def _window_fwd_kernel(
                     cnt += ok.to(tl.float32)
                     if MODE == 1:
                         t += tl.where(ok, e * (v - m), 0.0)
+                    else:
+                        t += tl.where(ok, _expm1(r * (v - m)), 0.0)
         if MODE == 0:
-            y = m + (tl.log(s) - tl.log(cnt)) / r
+            y = m + _log_mean_exp(s, t, cnt) / r
         else:
             y = m + t / s
             tl.store(aux_ptr + y_off, m + tl.log(s), mask=mask)
@@ -262,7 +282,7 @@ def _global_fwd_kernel(
     base = x_ptr + n * sxn + cs[:, None].to(tl.int64) * sxc
     m = tl.full([BLOCK_C], float("-inf"), tl.float32)
     s = tl.zeros([BLOCK_C], tl.float32)
-    t = tl.zeros([BLOCK_C], tl.float32)
+    t = tl.zeros([BLOCK_C], tl.float32)  # SoftPool: Σ e·(x − m); LSE: Σ expm1(r·(x − m))
     for l0 in range(0, L, BLOCK_L):
         ls = l0 + tl.arange(0, BLOCK_L)
         msk = cmask[:, None] & (ls[None, :] < L)
@@ -274,10 +294,15 @@ def _global_fwd_kernel(
         if MODE == 1:
             shift = tl.where(s > 0.0, (m - m_new) * s, 0.0)
             t = alpha * (t + shift) + tl.sum(tl.where(msk, e * (v - m_new[:, None]), 0.0), axis=1)
+        else:
+            # Σ expm1 under the new max: α·t + expm1(r·(m − m_new))·(elements so far)
+            seen = tl.minimum(l0, L).to(tl.float32)
+            t = tl.where(s > 0.0, alpha * t + _expm1(r * (m - m_new)) * seen, 0.0)
+            t += tl.sum(tl.where(msk, _expm1(r[:, None] * (v - m_new[:, None])), 0.0), axis=1)
         s = s * alpha + tl.sum(e, axis=1)
         m = m_new
     if MODE == 0:
-        y = m + (tl.log(s) - tl.log(L.to(tl.float32))) / r
+        y = m + _log_mean_exp(s, t, L.to(tl.float32)) / r
     else:
         y = m + t / s
         tl.store(aux_ptr + n * C + cs, m + tl.log(s), mask=cmask)
@@ -403,7 +428,7 @@ def window_forward(x5: Tensor, r: Tensor, u: Tensor | None, mode: int, k, s, p,
     od, oh, ow = out_size
     y5 = empty_like_layout(x5, (n, c, od, oh, ow))
     aux5 = (empty_like_layout(x5, y5.shape, torch.float32) if mode != LSE
-            else y5.new_empty(0, dtype=torch.float32))
+            else new_output(0, y5, torch.float32))
     total = y5.numel()
     _window_fwd_kernel[(triton.cdiv(total, _WINDOW_BLOCK),)](
         x5, r, u if u is not None else y5, y5, aux5 if mode != LSE else y5,
@@ -426,17 +451,18 @@ def window_backward(g5: Tensor, x5: Tensor, y5: Tensor, aux5: Tensor, r: Tensor,
     total = x5.numel()
     dx5 = empty_like_layout(x5, x5.shape)
     c_last = _c_last(x5)
-    dr = x5.new_empty((n, d, h, w, c) if c_last else (n, c, d, h, w), dtype=torch.float32)
+    dr = new_output(((n, d, h, w, c) if c_last else (n, c, d, h, w)) if need_dr else 0, x5,
+                    torch.float32)
     nwin = [-(-kk // ss) for kk, ss in zip(k, s)]
     _window_bwd_kernel[(triton.cdiv(total, _WINDOW_BLOCK),)](
-        g5, x5, y5, aux5 if mode != LSE else y5, r, dx5, dr,
+        g5, x5, y5, aux5 if mode != LSE else y5, r, dx5, dr if need_dr else dx5,
         total, c, d, h, w, od, oh, ow,
         *x5.stride(), *y5.stride(), *g5.stride(), *s, *p,
         KD=k[0], KH=k[1], KW=k[2], ND=nwin[0], NH=nwin[1], NW=nwin[2],
         MODE=mode, R_PER_CHANNEL=r.numel() > 1, C_LAST=c_last,
         NEED_DR=need_dr, BLOCK=_WINDOW_BLOCK,
     )
-    return dx5, (_per_channel(dr, c_last) if need_dr else dr.new_empty(0))
+    return dx5, (_per_channel(dr, c_last) if need_dr else dr)
 
 
 def _global_blocks(C: int, L: int, sxl: int) -> tuple[int, int]:
@@ -455,8 +481,8 @@ def global_forward(x: Tensor, r: Tensor, mode: int) -> tuple[Tensor, Tensor]:
     n, c = x.shape[:2]
     L = x[0, 0].numel()
     sxl = flat_spatial_stride(x)
-    y = x.new_empty((n, c))
-    aux = x.new_empty((n, c) if mode != LSE else 0, dtype=torch.float32)
+    y = new_output((n, c), x)
+    aux = new_output((n, c) if mode != LSE else 0, x, torch.float32)
     block_c, block_l = _global_blocks(c, L, sxl)
     _global_fwd_kernel[(n, triton.cdiv(c, block_c))](
         x, r, y, aux if mode != LSE else y, c, L, x.stride(0), x.stride(1), sxl,
@@ -471,8 +497,8 @@ def global_backward(g: Tensor, x: Tensor, y: Tensor, aux: Tensor, r: Tensor, mod
     n, c = x.shape[:2]
     L = x[0, 0].numel()
     sxl = flat_spatial_stride(x)
-    dx = torch.empty_like(x)  # x is dense here, so its strides are kept
-    dr = x.new_empty((n, c, L) if need_dr else 0, dtype=torch.float32)
+    dx = empty_like_layout(x, x.shape)  # x is dense here, so dx shares its strides
+    dr = new_output((n, c, L) if need_dr else 0, x, torch.float32)
     block_c, block_l = _global_blocks(c, L, sxl)
     _global_bwd_kernel[(n, triton.cdiv(c, block_c), triton.cdiv(L, block_l))](
         g, x, y, aux if mode != LSE else y, r, dx, dr if need_dr else dx,
@@ -487,8 +513,8 @@ def wildcat_forward(x: Tensor, kmax: int, kmin: int, alpha: float) -> tuple[Tens
     """WILDCAT pooling of ``x`` [N, C, H, W]: ``(y [N, C], stats [N, C, 6])``."""
     n, c = x.shape[:2]
     L = x[0, 0].numel()
-    y = x.new_empty((n, c))
-    stats = x.new_empty((n, c, 6), dtype=torch.float32)
+    y = new_output((n, c), x)
+    stats = new_output((n, c, 6), x, torch.float32)
     _wildcat_fwd_kernel[(n * c,)](
         x, y, stats, c, L, x.stride(0), x.stride(1), flat_spatial_stride(x),
         kmax, max(kmin, 1), alpha, HAS_MIN=kmin > 0, BLOCK=triton.next_power_of_2(L),
@@ -500,7 +526,7 @@ def wildcat_backward(g: Tensor, x: Tensor, stats: Tensor, kmax: int, kmin: int,
                      alpha: float) -> Tensor:
     n, c = x.shape[:2]
     L = x[0, 0].numel()
-    dx = torch.empty_like(x)
+    dx = empty_like_layout(x, x.shape)
     _wildcat_bwd_kernel[(n * c,)](
         g, x, stats, dx, c, L, x.stride(0), x.stride(1), flat_spatial_stride(x),
         g.stride(0), g.stride(1), kmax, max(kmin, 1), alpha,

@@ -35,17 +35,23 @@ def _lse_reference(x: Tensor, r: Tensor | float, k, s, p) -> Tensor:
     """Pure-PyTorch LSE pooling: the CPU path, the fallback and the tests' oracle."""
     if k is None:
         z = x.flatten(2)  # [N, C, L]
-        rr = _r_view(r, 1)
+        rr, valid, cnt = _r_view(r, 1), None, z.shape[-1]
         m = z.amax(-1, keepdim=True).detach()
-        y = m + torch.log(torch.exp(rr * (z - m)).mean(-1, keepdim=True)) / rr
-        return y.squeeze(-1)
-    w = unfold_windows(x, k, s, p, 0.0)  # [N, C, OH, OW, K]
-    valid = window_mask(x.shape[2:], k, s, p, x.device)  # padding is not part of S
-    rr = _r_view(r, 3)
-    m = torch.where(valid, w, float("-inf")).amax(-1, keepdim=True).detach()
-    e = torch.where(valid, torch.exp(rr * torch.where(valid, w - m, 0.0)), 0.0)
-    cnt = valid.sum(-1, keepdim=True).to(x.dtype)
-    return (m + torch.log(e.sum(-1, keepdim=True) / cnt) / rr).squeeze(-1)
+        t = rr * (z - m)
+    else:
+        z = unfold_windows(x, k, s, p, 0.0)  # [N, C, OH, OW, K]
+        valid = window_mask(x.shape[2:], k, s, p, x.device)  # padding is not part of S
+        rr, cnt = _r_view(r, 3), valid.sum(-1, keepdim=True).to(x.dtype)
+        m = torch.where(valid, z, float("-inf")).amax(-1, keepdim=True).detach()
+        t = rr * torch.where(valid, z - m, 0.0)
+    e, em1 = torch.exp(t), torch.expm1(t)
+    if valid is not None:
+        e, em1 = torch.where(valid, e, 0.0), torch.where(valid, em1, 0.0)
+    # log of the mean of exp(t): log1p(mean(expm1 t)) while that is accurate (small r, where
+    # log(Σe) − log|S| cancels), else log(Σe / |S|)
+    mean1 = em1.sum(-1, keepdim=True) / cnt
+    log_mean = torch.where(mean1 > -0.5, torch.log1p(mean1), torch.log(e.sum(-1, keepdim=True) / cnt))
+    return (m + log_mean / rr).squeeze(-1)
 
 
 def lse_pool2d(
