@@ -225,3 +225,18 @@ def test_oracle_sanity():
     # the oracle itself against the closed form for two values
     assert oracles.lse([0.0, math.log(3.0)], 1.0) == pytest.approx(math.log(2.0))
     assert np.isclose(oracles.softpool([0.0, 0.0]), 0.0)
+
+
+@pytest.mark.parametrize("k,p", [(None, 0), (3, 1)])
+def test_mixed_small_and_large_r_lines(k, p):
+    """Channels with a tiny r take the expm1/log1p route, the others log(Σe): both at once."""
+    x = torch.randn(3, 2, 6, 7, dtype=torch.float64)
+    r = torch.tensor([1e-3, 20.0], dtype=torch.float64)
+    y = lse_pool2d(x, r, k, None, p, backend="torch")
+    torch.testing.assert_close(y, _oracle(x, r, k, None, p), rtol=1e-12, atol=1e-12)
+    x32, r32 = x.float().requires_grad_(), r.float().requires_grad_()
+    y32 = lse_pool2d(x32, r32, k, None, p, backend="torch")
+    torch.testing.assert_close(y32.double(), y, rtol=0, atol=2e-6)
+    xg, rg = x.clone().requires_grad_(), r.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: lse_pool2d(a, b, k, None, p, backend="torch"),
+                                    (xg, rg))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import math
 import os
 from collections.abc import Sequence
@@ -120,7 +121,8 @@ def resolve_backend(backend: str, x: Tensor, op: str) -> str:
     and the PyTorch reference otherwise. ``"triton"`` raises when it cannot run.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"`backend` must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+        valid = ", ".join(map(repr, BACKENDS))
+        raise ValueError(f"`backend` must be one of {valid}, got {backend!r}")
     if backend == "torch":
         return "torch"
     reason = None
@@ -141,7 +143,8 @@ def resolve_backend(backend: str, x: Tensor, op: str) -> str:
 FILL_OUTPUTS_WITH_NAN = False
 
 
-def new_output(shape: Sequence[int] | int, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+def new_output(shape: Sequence[int] | int, like: Tensor,
+               dtype: torch.dtype | None = None) -> Tensor:
     """An uninitialised contiguous tensor on ``like``'s device (NaN-filled under tests)."""
     out = torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
     return out.fill_(float("nan")) if FILL_OUTPUTS_WITH_NAN and out.numel() else out
@@ -187,27 +190,34 @@ def flat_spatial_stride(x: Tensor) -> int | None:
     return 1 if step is None else step
 
 
-def unfold_windows(x: Tensor, k: Sequence[int], s: Sequence[int], p: Sequence[int],
+def window_columns(x: Tensor, k: Sequence[int], s: Sequence[int], p: Sequence[int],
                    fill: float) -> Tensor:
-    """All pooling windows of [N, C, *spatial] as [N, C, *out, prod(k)] (a copy).
+    """All pooling windows of [N, C, *spatial] as [N·C, prod(k), prod(out)] (one copy).
 
-    Padded positions hold ``fill`` (``-inf`` keeps them out of a log-sum-exp).
+    The window axis is the middle one, so reducing over it runs over contiguous rows.
+    1-D and 2-D inputs go through ``F.unfold`` (whose backward is one ``fold``); 3-D ones
+    through strided slices. Padded positions hold ``fill`` (``-inf`` keeps them out of a
+    log-sum-exp).
     """
+    n, c = x.shape[:2]
     nd = len(k)
     if any(p):
         pad: list[int] = []
         for pp in reversed(p):
             pad += [pp, pp]
         x = torch.nn.functional.pad(x, pad, value=fill)
-    for i in range(nd):
-        x = x.unfold(2 + i, k[i], s[i])
-    return x.flatten(-nd)
-
-
-def window_mask(spatial: Sequence[int], k, s, p, device) -> Tensor:
-    """Which window positions hold real (unpadded) elements: bool [*out, prod(k)]."""
-    ones = torch.ones((1, 1, *spatial), device=device)
-    return unfold_windows(ones, k, s, p, 0.0)[0, 0] > 0
+    if nd <= 2:
+        if nd == 1:
+            x, k, s = x.unsqueeze(2), (1, *k), (1, *s)
+        cols = torch.nn.functional.unfold(x, tuple(k), stride=tuple(s))  # [N, C·K, L]
+        return cols.view(n * c, math.prod(k), -1)
+    out = [(x.shape[2 + i] - k[i]) // s[i] + 1 for i in range(nd)]
+    slices = []
+    for offset in itertools.product(*(range(kk) for kk in k)):
+        index = [slice(None), slice(None)]
+        index += [slice(o, o + (m - 1) * ss + 1, ss) for o, m, ss in zip(offset, out, s)]
+        slices.append(x[tuple(index)].reshape(n * c, -1))
+    return torch.stack(slices, 1)
 
 
 def kernel_ready(x: Tensor) -> Tensor:

@@ -20,9 +20,9 @@ never an exp() of the whole input.
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
-import torch
 from torch import Tensor
 
 from wsloc.ops._common import LSE, empty_like_layout, flat_spatial_stride, new_output

@@ -16,42 +16,27 @@ from wsloc.ops._common import (
     kernel_ready,
     resolve_backend,
     to_5d,
-    unfold_windows,
+    window_columns,
     window_geometry,
-    window_mask,
 )
+from wsloc.ops._rows import LinePool
 
 __all__ = ["lse_pool2d", "LSEPool2d"]
 
 
-def _r_view(r: Tensor | float, nd: int) -> Tensor | float:
-    """Broadcast a per-channel r over [N, C, *rest] with ``nd`` trailing dims after C."""
-    if isinstance(r, Tensor):
-        return r.reshape(1, -1, *([1] * nd)) if r.numel() > 1 else r.reshape(())
-    return r
-
-
-def _lse_reference(x: Tensor, r: Tensor | float, k, s, p) -> Tensor:
-    """Pure-PyTorch LSE pooling: the CPU path, the fallback and the tests' oracle."""
-    if k is None:
-        z = x.flatten(2)  # [N, C, L]
-        rr, valid, cnt = _r_view(r, 1), None, z.shape[-1]
-        m = z.amax(-1, keepdim=True).detach()
-        t = rr * (z - m)
-    else:
-        z = unfold_windows(x, k, s, p, 0.0)  # [N, C, OH, OW, K]
-        valid = window_mask(x.shape[2:], k, s, p, x.device)  # padding is not part of S
-        rr, cnt = _r_view(r, 3), valid.sum(-1, keepdim=True).to(x.dtype)
-        m = torch.where(valid, z, float("-inf")).amax(-1, keepdim=True).detach()
-        t = rr * torch.where(valid, z - m, 0.0)
-    e, em1 = torch.exp(t), torch.expm1(t)
-    if valid is not None:
-        e, em1 = torch.where(valid, e, 0.0), torch.where(valid, em1, 0.0)
-    # log of the mean of exp(t): log1p(mean(expm1 t)) while that is accurate (small r, where
-    # log(Σe) − log|S| cancels), else log(Σe / |S|)
-    mean1 = em1.sum(-1, keepdim=True) / cnt
-    log_mean = torch.where(mean1 > -0.5, torch.log1p(mean1), torch.log(e.sum(-1, keepdim=True) / cnt))
-    return (m + log_mean / rr).squeeze(-1)
+def _lse_torch(x: Tensor, r: Tensor | float, geometry) -> Tensor:
+    """The PyTorch path: each window (or map) is a line of :class:`LinePool`."""
+    n, c = x.shape[:2]
+    if geometry is None:
+        z, out, padded = x.reshape(n * c, -1, 1), (), False  # [N·C, H·W, 1]
+    else:  # [N·C, K, OH·OW]; padding holds -inf, which is left out of S
+        k, s, p, out = geometry
+        z, padded = window_columns(x, k, s, p, float("-inf")), any(p)
+    if isinstance(r, Tensor):  # one r per map: [N·C, 1, 1], or [1, 1, 1] when shared
+        r = r.to(x.dtype)
+        r = (r.reshape(1, -1).expand(n, c).reshape(-1, 1, 1) if r.numel() > 1
+             else r.reshape(1, 1, 1))
+    return LinePool.apply(z, r, LSE, padded).view(n, c, *out)
 
 
 def lse_pool2d(
@@ -96,9 +81,9 @@ def lse_pool2d(
     else:
         geometry = window_geometry(x.shape[2:], kernel_size, stride, padding)
     if resolve_backend(backend, x, "lse_pool2d") == "torch":
-        k, s, p = geometry[:3] if geometry else (None, None, None)
-        return _lse_reference(x, r, k, s, p)
-    r_t = r.float().reshape(-1) if isinstance(r, Tensor) else x.new_full((1,), r, dtype=torch.float32)
+        return _lse_torch(x, r, geometry)
+    r_t = (r.float().reshape(-1) if isinstance(r, Tensor)
+           else x.new_full((1,), r, dtype=torch.float32))
     if geometry is None:
         return _custom.global_pool(kernel_ready(x), r_t, LSE)[0]
     k, s, p, out = geometry

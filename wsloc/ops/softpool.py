@@ -14,23 +14,24 @@ from wsloc.ops._common import (
     kernel_ready,
     resolve_backend,
     to_5d,
-    unfold_windows,
+    window_columns,
     window_geometry,
 )
+from wsloc.ops._rows import LinePool
 
 __all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "SoftPool1d", "SoftPool2d", "SoftPool3d"]
 
 _LAYOUTS = {1: "[N, C, L]", 2: "[N, C, H, W]", 3: "[N, C, D, H, W]"}
 
 
-def _softpool_reference(x: Tensor, k, s) -> Tensor:
-    """Pure-PyTorch SoftPool: ``m + Σ e·(x − m) / Σ e`` with ``e = exp(x − m)``, m the
-    window max, so nothing overflows and equal values come back exactly."""
-    z = x.flatten(2) if k is None else unfold_windows(x, k, s, [0] * len(k), 0.0)
-    m = z.amax(-1, keepdim=True).detach()
-    d = z - m
-    e = torch.exp(d)
-    return (m + (e * d).sum(-1, keepdim=True) / e.sum(-1, keepdim=True)).squeeze(-1)
+def _softpool_torch(x: Tensor, geometry) -> Tensor:
+    """The PyTorch path: each window (or map) is a line of :class:`LinePool`."""
+    n, c = x.shape[:2]
+    if geometry is None:
+        return LinePool.apply(x.reshape(n * c, -1, 1), 1.0, SOFT, False).view(n, c)
+    k, s, p, out = geometry
+    z = window_columns(x, k, s, p, 0.0)  # [N·C, K, prod(out)]
+    return LinePool.apply(z, 1.0, SOFT, False).view(n, c, *out)
 
 
 def _soft_pool(x: Tensor, nd: int, kernel_size, stride, backend: str) -> Tensor:
@@ -44,7 +45,7 @@ def _soft_pool(x: Tensor, nd: int, kernel_size, stride, backend: str) -> Tensor:
     else:
         geometry = window_geometry(x.shape[2:], kernel_size, stride, 0)
     if resolve_backend(backend, x, name) == "torch":
-        return _softpool_reference(x, *(geometry[:2] if geometry else (None, None)))
+        return _softpool_torch(x, geometry)
     one = x.new_ones(1, dtype=torch.float32)
     if geometry is None:
         return _custom.global_pool(kernel_ready(x), one, SOFT)[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsloc.ops import _custom
@@ -14,29 +15,29 @@ from wsloc.ops._common import (
     check_tensor,
     resolve_backend,
     to_5d,
-    unfold_windows,
+    window_columns,
     window_geometry,
 )
 
 __all__ = ["stochastic_pool2d", "StochasticPool2d"]
 
 
-def _stochastic_reference(x: Tensor, u: Tensor | None, k, s) -> Tensor:
-    w = unfold_windows(x, k, s, (0, 0), 0.0)  # [N, C, OH, OW, K]
-    total = w.sum(-1)
-    if u is None:  # eval: Σ p·a with p = a / Σa; an all-zero window acts as an average
-        safe = torch.where(total == 0, torch.ones_like(total), total)
-        weighted = (w * w).sum(-1) / safe
-        return torch.where(total == 0, w.mean(-1), weighted)
+def _stochastic_torch(x: Tensor, u: Tensor | None, k, s) -> Tensor:
+    """The PyTorch path (and the kernels' oracle), on windows stacked position-first."""
+    if u is None:  # eval: Σ p·a = Σa² / Σa = avg(a²) / avg(a); an all-zero window averages
+        mean = F.avg_pool2d(x, k, s)
+        safe = torch.where(mean == 0, torch.ones_like(mean), mean)
+        return torch.where(mean == 0, mean, F.avg_pool2d(x * x, k, s) / safe)
+    w = window_columns(x, k, s, (0, 0), 0.0).movedim(1, 0)  # [K, N·C, OH·OW]
+    total = w.sum(0)
     # training: the first element whose running sum passes u·Σa (P = a_i / Σa)
-    cum = w.detach().cumsum(-1)
-    taken = cum > (u * total.detach())[..., None]
-    k_all = w.shape[-1]
-    positions = torch.arange(k_all, device=x.device)
-    last_nz = torch.where(w.detach() > 0, positions, -1).amax(-1)
-    fallback = torch.where(last_nz >= 0, last_nz, k_all - 1)
-    sel = torch.where(taken.any(-1), taken.to(torch.uint8).argmax(-1), fallback)
-    y = w.gather(-1, sel[..., None]).squeeze(-1)
+    wd = w.detach()
+    taken = wd.cumsum(0) > u.reshape(total.shape) * total.detach()
+    positions = torch.arange(w.shape[0], device=x.device).view(-1, *([1] * (w.dim() - 1)))
+    last_nz = torch.where(wd > 0, positions, -1).amax(0)
+    fallback = torch.where(last_nz >= 0, last_nz, w.shape[0] - 1)
+    sel = torch.where(taken.any(0), taken.to(torch.uint8).argmax(0), fallback)
+    y = w.gather(0, sel.unsqueeze(0)).squeeze(0)
     return torch.where(torch.isnan(total), total, y)
 
 
@@ -69,14 +70,14 @@ def stochastic_pool2d(
     """
     check_tensor(x, 4, "[N, C, H, W]")
     k, s, _, out = window_geometry(x.shape[2:], kernel_size, stride, 0)
-    if not torch.compiler.is_compiling() and bool((x < 0).any()):
+    if not torch.compiler.is_compiling() and bool(x.amin() < 0):
         raise ValueError(
             f"stochastic_pool2d needs non-negative inputs (p_i = a_i / Σa), got min(x) = "
             f"{x.min().item()}"
         )
     u = torch.rand((x.shape[0], x.shape[1], *out), device=x.device) if training else None
     if resolve_backend(backend, x, "stochastic_pool2d") == "torch":
-        return _stochastic_reference(x, u, k, s)
+        return _stochastic_torch(x, u, k, s).reshape(x.shape[0], x.shape[1], *out)
     one = x.new_ones(1, dtype=torch.float32)
     mode = STOCH_TRAIN if training else STOCH_EVAL
     y5, _ = _custom.window_pool(
