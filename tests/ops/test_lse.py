@@ -240,3 +240,10 @@ def test_mixed_small_and_large_r_lines(k, p):
     xg, rg = x.clone().requires_grad_(), r.clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b: lse_pool2d(a, b, k, None, p, backend="torch"),
                                     (xg, rg))
+
+
+def test_auto_never_picks_the_interpreter_for_cpu_tensors(monkeypatch):
+    from wsloc.ops._common import resolve_backend
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert resolve_backend("auto", torch.zeros(1), "op") == "torch"

@@ -118,7 +118,9 @@ def resolve_backend(backend: str, x: Tensor, op: str) -> str:
     """Pick ``"triton"`` or ``"torch"`` for ``x``.
 
     ``"auto"`` takes Triton for CUDA tensors of a supported dtype when Triton is installed,
-    and the PyTorch reference otherwise. ``"triton"`` raises when it cannot run.
+    and the PyTorch path otherwise. ``"triton"`` raises when it cannot run; on CPU tensors it
+    runs under Triton's interpreter when TRITON_INTERPRET=1 (how the tests check kernels
+    without a GPU).
     """
     if backend not in BACKENDS:
         valid = ", ".join(map(repr, BACKENDS))
@@ -132,8 +134,8 @@ def resolve_backend(backend: str, x: Tensor, op: str) -> str:
         reason = f"it needs a CUDA tensor (or TRITON_INTERPRET=1 on CPU), got device {x.device}"
     elif x.dtype not in KERNEL_DTYPES:
         reason = f"its kernels take float32, float16 or bfloat16, got {x.dtype}"
-    if reason is None:
-        return "triton"
+    if reason is None and (x.is_cuda or backend == "triton"):
+        return "triton"  # on CPU (the interpreter) only when asked for by name
     if backend == "triton":
         raise ValueError(f"{op}: backend='triton' is not available: {reason}")
     return "torch"
