@@ -28,7 +28,7 @@ def test_bench_ops_quick_writes_table_and_json(tmp_path, capsys):
     assert main(["bench", "ops", "--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| lse_pool2d global r=10 |" in out and "composed fwd ms" in out
-    (path,) = tmp_path.glob("ops-*.json")
+    (path,) = tmp_path.glob("ops-quick-*.json")
     data = json.loads(path.read_text())
     assert data["meta"]["device"].startswith("CPU")
     ops = {r["op"] for r in data["results"]}

@@ -154,7 +154,8 @@ def run(device: str = "auto", quick: bool = False, dtype: str = "float32",
     table = markdown_table(headers, rows)
     print(f"\n{device_name(dev)}, {dtype}; × = composed time / wsloc time (> 1: wsloc faster)\n")
     print(table)
-    path = write_json(Path(out_dir), "ops", dev, {"dtype": dtype, "quick": quick,
-                                                  "results": results, "table": table})
+    stem = "ops-quick" if quick else "ops"  # a quick run never replaces a full one
+    path = write_json(Path(out_dir), stem, dev,
+                      {"dtype": dtype, "quick": quick, "results": results, "table": table})
     print(f"\nwrote {path}")
     return {"results": results, "path": str(path), "table": table}
