@@ -1,0 +1,61 @@
+"""albumentations pipelines for training and evaluation; boxes follow every resize and crop.
+
+A pipeline takes ``image`` (float32 [H, W] in [0, 1]), ``bboxes`` (pascal_voc: x1, y1, x2, y2
+in pixels) and ``box_labels``, and optionally ``masks``. Pick one by name in the config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+__all__ = ["PIPELINES", "build_transform"]
+
+
+def _bbox_params():
+    import albumentations as A
+
+    # boxes are clipped to the image; a box pushed mostly outside by an affine is dropped
+    return A.BboxParams(format="pascal_voc", label_fields=["box_labels"], clip=True,
+                        min_visibility=0.3)
+
+
+def _eval(size: int):
+    import albumentations as A
+
+    return A.Compose([A.Resize(size, size, interpolation=3)], bbox_params=_bbox_params())
+
+
+def _train(size: int):
+    import albumentations as A
+
+    return A.Compose([
+        A.Resize(size, size, interpolation=3),
+        A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-7, 7),
+                 border_mode=0, fill=0, p=0.7),
+        A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
+    ], bbox_params=_bbox_params())
+
+
+def _train_flip(size: int):
+    import albumentations as A
+
+    return A.Compose([
+        A.Resize(size, size, interpolation=3),
+        A.HorizontalFlip(p=0.5),  # mirrors the heart's side: off by default for that reason
+        A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-7, 7),
+                 border_mode=0, fill=0, p=0.7),
+        A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
+    ], bbox_params=_bbox_params())
+
+
+PIPELINES: dict[str, Callable] = {"eval": _eval, "train": _train, "train_flip": _train_flip}
+
+
+def build_transform(name: str, size: int):
+    """The albumentations pipeline ``name`` (``eval``, ``train``, ``train_flip``) at
+    ``size``×``size``."""
+    if name not in PIPELINES:
+        raise ValueError(f"unknown transform {name!r}; choose one of {', '.join(PIPELINES)}")
+    if not isinstance(size, int) or size < 8:
+        raise ValueError(f"transform `size` must be an int >= 8, got {size!r}")
+    return PIPELINES[name](size)
