@@ -15,6 +15,41 @@ def _bench_ops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from wsloc.data.inspect import format_summary, summarize
+
+    summary = summarize(args.data_root, val_fraction=args.val_fraction, seed=args.seed,
+                        on_error="skip" if args.skip_bad else "raise")
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from wsloc.data.cache import prepare_cache
+
+    path = prepare_cache(args.data_root, args.size, cache_dir=args.cache_dir,
+                         workers=args.workers, on_error="skip" if args.skip_bad else "raise")
+    print(f"wrote {path.with_suffix('.u8')} and {path.name}")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from wsloc.data.synthetic import generate
+
+    root = generate(args.out, n=args.n, size=args.size, seed=args.seed, workers=args.workers)
+    print(f"wrote {args.n} synthetic films to {root}")
+    return 0
+
+
+def _bench_loader(args: argparse.Namespace) -> int:
+    from wsloc.bench import loader
+
+    loader.run(data_root=args.data_root, size=args.size, n=args.n, out_dir=args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsloc",
@@ -33,6 +68,40 @@ def build_parser() -> argparse.ArgumentParser:
     b_ops.add_argument("--quick", action="store_true", help="small shapes, short timing")
     b_ops.add_argument("--out", default="benchmarks", help="folder for the JSON results")
     b_ops.set_defaults(func=_bench_ops)
+    b_loader = bench_sub.add_parser(
+        "loader", help="images/s from the prepared cache vs. from the PNGs, same items")
+    b_loader.add_argument("--data-root", help="a data root (default: a synthetic set)")
+    b_loader.add_argument("--size", type=int, default=256, help="cache and image size")
+    b_loader.add_argument("--n", type=int, default=400, help="images to read per path")
+    b_loader.add_argument("--out", default="benchmarks", help="folder for the JSON results")
+    b_loader.set_defaults(func=_bench_loader)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-root", required=True, help="the NIH ChestX-ray14 folder")
+    common.add_argument("--skip-bad", action="store_true",
+                        help="skip malformed rows and unreadable images with a warning each, "
+                             "instead of stopping")
+    p_inspect = sub.add_parser("inspect", parents=[common],
+                               help="summarize a data root from its metadata")
+    p_inspect.add_argument("--json", action="store_true", help="print JSON")
+    p_inspect.add_argument("--val-fraction", type=float, default=0.1)
+    p_inspect.add_argument("--seed", type=int, default=0)
+    p_inspect.set_defaults(func=_inspect)
+
+    p_prepare = sub.add_parser("prepare", parents=[common],
+                               help="resize all images into one memory-mapped uint8 cache")
+    p_prepare.add_argument("--size", type=int, default=512, help="cached image size")
+    p_prepare.add_argument("--cache-dir", help="where to write (default DATA_ROOT/wsloc_cache)")
+    p_prepare.add_argument("--workers", type=int, help="processes (default: all cores)")
+    p_prepare.set_defaults(func=_prepare)
+
+    p_synth = sub.add_parser("synth", help="write a synthetic dataset in the NIH layout")
+    p_synth.add_argument("--out", required=True, help="a new folder")
+    p_synth.add_argument("--n", type=int, default=2000, help="number of films")
+    p_synth.add_argument("--size", type=int, default=256, help="image size in pixels")
+    p_synth.add_argument("--seed", type=int, default=0)
+    p_synth.add_argument("--workers", type=int, help="processes (default: all cores)")
+    p_synth.set_defaults(func=_synth)
     return parser
 
 
@@ -44,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
         print(f"wsloc: error: {err}", file=sys.stderr)
         return 2
 

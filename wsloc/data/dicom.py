@@ -97,12 +97,15 @@ def read_dicom(path: str | Path) -> np.ndarray:
         raise ImageReadError(f"{path}: unexpected pixel array shape {pixels.shape}")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric.startswith("MONOCHROME"):
-        values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+        values = apply_modality_lut(pixels, ds)
         voi = _voi_range(ds)
         if voi is not None:
+            if "VOILUTSequence" in ds and values.dtype.kind == "f":
+                values = np.rint(values).astype(np.int64)  # a LUT is indexed by integers
             values = np.asarray(apply_voi_lut(values, ds), dtype=np.float64)
             low, high = voi
         else:
+            values = values.astype(np.float64)
             low, high = float(values.min()), float(values.max())
     else:  # colour data has no modality/VOI LUT
         values = pixels.astype(np.float64)

@@ -21,7 +21,7 @@ Every finding comes with its box (in ``BBox_List_2017.csv``, labelled as NIH doe
 Infiltration is written "Infiltrate") and a pixel mask (``masks/<stem>__<Label>.png``). The
 per-image intensity variation is larger than any finding's effect on the mean brightness,
 so findings cannot be told apart by global brightness. Deterministic by seed: image ``i``
-is drawn from ``numpy.random.default_rng([seed, 0, i])``, whatever the number of workers.
+is drawn from ``numpy.random.default_rng([seed, 0, i, ...])``, whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -64,9 +64,17 @@ def _soft(d2: np.ndarray, edge: float = 0.15) -> np.ndarray:
     return np.clip((1.0 - np.sqrt(d2)) / edge, 0.0, 1.0).astype(np.float32)
 
 
-def render(seed: int, index: int, size: int) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
-    """Draw image ``index``: (uint8 image [S, S], {finding: bool mask}, info)."""
-    rng = np.random.default_rng([seed, 0, index])
+def render(seed: int, index: int, size: int, findings: bool = True
+           ) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
+    """Draw image ``index``: (uint8 image [S, S], {finding: bool mask}, info).
+
+    Anatomy, findings and acquisition draw from separate random streams, so
+    ``findings=False`` renders the very same film without its findings (the tests compare the
+    two against the masks).
+    """
+    rng = np.random.default_rng([seed, 0, index, 0])  # anatomy
+    rng_f = np.random.default_rng([seed, 0, index, 1])  # findings
+    rng_a = np.random.default_rng([seed, 0, index, 2])  # acquisition
     g = np.linspace(0.0, 1.0, size, dtype=np.float32)
     u, v = np.meshgrid(g, g)  # u: left→right, v: top→bottom
     jit = lambda scale: 1.0 + rng.uniform(-scale, scale)  # noqa: E731
@@ -96,7 +104,9 @@ def render(seed: int, index: int, size: int) -> tuple[np.ndarray, dict[str, np.n
         img += 0.10 * body * np.exp(-(((v - line) / 0.012) ** 2)) * (np.abs(u - 0.5) < 0.33)
     spine = np.exp(-(((u - 0.5) / 0.045) ** 2)) * (0.55 + 0.15 * np.cos(v * size / 9.0) ** 2)
     img += 0.30 * spine * body
-    cardiomegaly = rng.random() < FINDING_PROBABILITY
+    present = {name: bool(rng_f.random() < FINDING_PROBABILITY) and findings
+               for name in FINDINGS}
+    cardiomegaly = present["Cardiomegaly"]
     h_rx = (0.135 if not cardiomegaly else 0.205) * jit(0.05)
     h_ry = (0.12 if not cardiomegaly else 0.14) * jit(0.05)
     h_cx, h_cy = 0.54 + (0.03 if cardiomegaly else 0.0), 0.63 * jit(0.02)
@@ -112,66 +122,67 @@ def render(seed: int, index: int, size: int) -> tuple[np.ndarray, dict[str, np.n
         masks["Cardiomegaly"] = heart_d2 < 1.0
 
     def lung_point(margin: float) -> tuple[float, float, int]:
-        side = int(rng.integers(2))
+        side = int(rng_f.integers(2))
         cx, lung = lungs[side]
         for _ in range(50):
-            px, py = rng.uniform(cx - 0.12, cx + 0.12), rng.uniform(0.22, 0.68)
+            px, py = rng_f.uniform(cx - 0.12, cx + 0.12), rng_f.uniform(0.22, 0.68)
             iy, ix = int(py * (size - 1)), int(px * (size - 1))
             if lung[iy, ix] > 0.9 and heart_d2[iy, ix] > 1.6:
                 return px, py, side
         return cx, 0.45, side
 
     for name in ("Nodule", "Mass"):
-        if rng.random() < FINDING_PROBABILITY:
+        if present[name]:
             px, py, _ = lung_point(0.05)
-            r = rng.uniform(0.016, 0.028) if name == "Nodule" else rng.uniform(0.05, 0.075)
+            r = rng_f.uniform(0.016, 0.028) if name == "Nodule" else rng_f.uniform(0.05, 0.075)
             d2 = _ellipse(u, v, px, py, r, r * jit(0.15))
             if name == "Mass":  # lobulated outline
                 ang = np.arctan2(v - py, u - px)
-                d2 = d2 * (1 + 0.18 * np.sin(3 * ang + rng.uniform(0, 6)))
+                d2 = d2 * (1 + 0.18 * np.sin(3 * ang + rng_f.uniform(0, 6)))
             blob = _soft(d2, 0.45)
             img += (0.22 if name == "Nodule" else 0.28) * blob
             masks[name] = d2 < 1.0
-    if rng.random() < FINDING_PROBABILITY:  # Effusion: a base filled with fluid
-        cx, lung = lungs[int(rng.integers(2))]
-        level = rng.uniform(0.52, 0.6) - 0.3 * np.abs(u - cx)  # meniscus: higher laterally
+    if present["Effusion"]:  # Effusion: a base filled with fluid
+        cx, lung = lungs[int(rng_f.integers(2))]
+        level = rng_f.uniform(0.52, 0.6) - 0.3 * np.abs(u - cx)  # meniscus: higher laterally
         fluid = (lung > 0.3) & (v > level) & (np.abs(u - cx) < 0.16)
         soft_fluid = _blur(fluid.astype(np.float32), size / 120)
         img = img * (1 - soft_fluid) + 0.55 * soft_fluid
         masks["Effusion"] = fluid
-    if rng.random() < FINDING_PROBABILITY:  # Pneumothorax: dark apical/lateral crescent
-        side = int(rng.integers(2))
+    if present["Pneumothorax"]:  # Pneumothorax: dark apical/lateral crescent
+        side = int(rng_f.integers(2))
         cx, lung = lungs[side]
         inner = _ellipse(u, v, cx - side * 0.03, 0.49, 0.12, 0.24)
         crescent = (lung > 0.5) & (inner > 1.0) & (v < 0.62)
         soft_c = _blur(crescent.astype(np.float32), size / 200)
         img = img - soft_c * (markings * lung_all + 0.06)
         pleura = np.exp(-(((np.sqrt(inner) - 1.0) / 0.02) ** 2)) * (lung > 0.5) * (v < 0.62)
+        pleura *= _blur(crescent.astype(np.float32), size / 100) > 0.05  # edges the crescent
         img += 0.10 * pleura
         masks["Pneumothorax"] = crescent
-    if rng.random() < FINDING_PROBABILITY:  # Atelectasis: a plate-like band, lower lung
-        cx, _ = lungs[int(rng.integers(2))]
-        py = rng.uniform(0.55, 0.66)
-        ang = rng.uniform(-0.35, 0.35)
-        d2 = _ellipse(u, v, cx, py, rng.uniform(0.08, 0.11), rng.uniform(0.011, 0.017), ang)
+    if present["Atelectasis"]:  # Atelectasis: a plate-like band, lower lung
+        cx, _ = lungs[int(rng_f.integers(2))]
+        py = rng_f.uniform(0.55, 0.66)
+        ang = rng_f.uniform(-0.35, 0.35)
+        d2 = _ellipse(u, v, cx, py, rng_f.uniform(0.08, 0.11), rng_f.uniform(0.011, 0.017), ang)
         img += 0.24 * _soft(d2, 0.5)
         masks["Atelectasis"] = d2 < 1.3
-    if rng.random() < FINDING_PROBABILITY:  # Infiltration: mottled, reticular patch
+    if present["Infiltration"]:  # Infiltration: mottled, reticular patch
         px, py, _ = lung_point(0.08)
-        d2 = _ellipse(u, v, px, py, rng.uniform(0.07, 0.1), rng.uniform(0.07, 0.1))
-        mottle = _blur(rng.standard_normal((size, size)).astype(np.float32), size / 140)
+        d2 = _ellipse(u, v, px, py, rng_f.uniform(0.07, 0.1), rng_f.uniform(0.07, 0.1))
+        mottle = _blur(rng_f.standard_normal((size, size)).astype(np.float32), size / 140)
         mottle = np.clip(mottle / (mottle.std() + 1e-6), 0, None)
-        img += 0.12 * mottle * _soft(d2, 0.4)
+        img += 0.18 * mottle * _soft(d2, 0.4)
         masks["Infiltration"] = d2 < 1.0
-    if rng.random() < FINDING_PROBABILITY:  # Pneumonia: consolidation + air bronchograms
+    if present["Pneumonia"]:  # Pneumonia: consolidation + air bronchograms
         px, py, _ = lung_point(0.1)
         ang = np.arctan2(v - py, u - px)
-        d2 = _ellipse(u, v, px, py, rng.uniform(0.085, 0.11), rng.uniform(0.1, 0.13))
-        d2 = d2 * (1 + 0.12 * np.sin(4 * ang + rng.uniform(0, 6)))
+        d2 = _ellipse(u, v, px, py, rng_f.uniform(0.085, 0.11), rng_f.uniform(0.1, 0.13))
+        d2 = d2 * (1 + 0.12 * np.sin(4 * ang + rng_f.uniform(0, 6)))
         patch = _soft(d2, 0.35)
         img = img * (1 - 0.8 * patch) + 0.6 * 0.8 * patch
         for _ in range(3):
-            a = rng.uniform(0, 2 * np.pi)
+            a = rng_f.uniform(0, 2 * np.pi)
             dist = np.abs((u - px) * np.sin(a) - (v - py) * np.cos(a))
             along = (u - px) * np.cos(a) + (v - py) * np.sin(a)
             img -= 0.12 * patch * np.exp(-((dist / 0.006) ** 2)) * (np.abs(along) < 0.07)
@@ -179,10 +190,10 @@ def render(seed: int, index: int, size: int) -> tuple[np.ndarray, dict[str, np.n
 
     # --- acquisition: noise, blur, exposure ----------------------------------------------
     img = _blur(img.astype(np.float32), size / 400)
-    img = img + rng.normal(0, 0.018, img.shape).astype(np.float32)
+    img = img + rng_a.normal(0, 0.018, img.shape).astype(np.float32)
     img = np.clip(img, 0, 1)
-    img = img ** rng.uniform(0.75, 1.3)
-    img = (img - 0.5) * rng.uniform(0.8, 1.2) + 0.5 + rng.uniform(-0.08, 0.08)
+    img = img ** rng_a.uniform(0.75, 1.3)
+    img = (img - 0.5) * rng_a.uniform(0.8, 1.2) + 0.5 + rng_a.uniform(-0.08, 0.08)
     out = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
     return out, masks, {"findings": sorted(masks)}
 
