@@ -40,7 +40,7 @@ __all__ = ["FINDINGS", "generate", "ensure_synthetic", "render"]
 FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule",
             "Pneumonia", "Pneumothorax")
 FINDING_PROBABILITY = 0.12
-VERSION = 1
+VERSION = 2
 HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
           "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
 
