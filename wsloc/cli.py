@@ -50,6 +50,33 @@ def _bench_loader(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from wsloc.config import load_config
+    from wsloc.engine.train import train
+
+    if args.resume and (args.config or args.overrides or args.out):
+        raise ValueError("--resume continues a run with its own config; drop --config, "
+                         "--out and overrides")
+    cfg = load_config(args.config, args.overrides)
+    run_dir = train(cfg, out=args.out, resume=args.resume)
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from wsloc.engine.evaluate import evaluate
+
+    evaluate(args.checkpoint, data_root=args.data_root, split=args.split, out=args.out)
+    return 0
+
+
+def _bench_train(args: argparse.Namespace) -> int:
+    from wsloc.bench import train
+
+    train.run(device=args.device, size=args.size, batch=args.batch, out_dir=args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsloc",
@@ -75,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     b_loader.add_argument("--n", type=int, default=400, help="images to read per path")
     b_loader.add_argument("--out", default="benchmarks", help="folder for the JSON results")
     b_loader.set_defaults(func=_bench_loader)
+    b_train = bench_sub.add_parser(
+        "train", help="a ResNet-50 + LSE training step vs. torchvision's avgpool + fc head")
+    b_train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    b_train.add_argument("--size", type=int, help="image size (default 512 on CUDA, 160 CPU)")
+    b_train.add_argument("--batch", type=int, help="batch size (default 32 on CUDA, 8 CPU)")
+    b_train.add_argument("--out", default="benchmarks", help="folder for the JSON results")
+    b_train.set_defaults(func=_bench_train)
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-root", required=True, help="the NIH ChestX-ray14 folder")
@@ -102,6 +136,26 @@ def build_parser() -> argparse.ArgumentParser:
     p_synth.add_argument("--seed", type=int, default=0)
     p_synth.add_argument("--workers", type=int, help="processes (default: all cores)")
     p_synth.set_defaults(func=_synth)
+
+    p_train = sub.add_parser(
+        "train", help="train a model (default: configs/demo.yaml on the synthetic set)",
+        description="Train. Without --config the defaults (= configs/demo.yaml) run on the "
+                    "built-in synthetic set. Override any key: wsloc train train.epochs=3 "
+                    "data.root=data/nih. Several GPUs or nodes: torchrun --nproc_per_node N "
+                    "-m wsloc.cli train ...")
+    p_train.add_argument("--config", help="a YAML config (see configs/)")
+    p_train.add_argument("--out", help="a new run directory (default runs/<time>)")
+    p_train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p_train.add_argument("overrides", nargs="*", metavar="key=value")
+    p_train.set_defaults(func=_train)
+
+    p_eval = sub.add_parser("evaluate", help="AUC per class of a checkpoint, ROC curves, "
+                                             "the paper's table beside ours")
+    p_eval.add_argument("--checkpoint", required=True, help="a best.pt or last.pt")
+    p_eval.add_argument("--data-root", help="default: the data the checkpoint was trained on")
+    p_eval.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p_eval.add_argument("--out", help="default: eval-<split> beside the checkpoint")
+    p_eval.set_defaults(func=_evaluate)
     return parser
 
 
@@ -113,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+            FloatingPointError) as err:
         print(f"wsloc: error: {err}", file=sys.stderr)
         return 2
 

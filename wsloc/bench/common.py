@@ -20,13 +20,13 @@ def device_name(device: torch.device) -> str:
     return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
-def time_pair(fn_a: Callable[[], object], fn_b: Callable[[], object], device: torch.device,
-              min_time: float = 0.5, warmup: int = 2, max_reps: int = 200) -> tuple[float, float]:
-    """Median seconds per call of two functions, timed alternately call by call, so that
-    both see the same machine (CUDA events on GPU, perf_counter on CPU)."""
+def time_many(fns: list[Callable[[], object]], device: torch.device, min_time: float = 0.5,
+              warmup: int = 2, max_reps: int = 200) -> list[float]:
+    """Median seconds per call of each function, timed round-robin call by call, so that all
+    see the same machine (CUDA events on GPU, perf_counter on CPU)."""
     for _ in range(warmup):
-        fn_a()
-        fn_b()
+        for fn in fns:
+            fn()
 
     def once(fn: Callable[[], object]) -> float:
         if device.type == "cuda":
@@ -41,14 +41,20 @@ def time_pair(fn_a: Callable[[], object], fn_b: Callable[[], object], device: to
         fn()
         return time.perf_counter() - t0
 
-    times_a: list[float] = []
-    times_b: list[float] = []
+    times: list[list[float]] = [[] for _ in fns]
     start_all = time.perf_counter()
-    while len(times_a) < 5 or (time.perf_counter() - start_all < 2 * min_time
-                               and len(times_a) < max_reps):
-        times_a.append(once(fn_a))
-        times_b.append(once(fn_b))
-    return statistics.median(times_a), statistics.median(times_b)
+    while len(times[0]) < 5 or (time.perf_counter() - start_all < len(fns) * min_time
+                                and len(times[0]) < max_reps):
+        for fn, bucket in zip(fns, times):
+            bucket.append(once(fn))
+    return [statistics.median(t) for t in times]
+
+
+def time_pair(fn_a: Callable[[], object], fn_b: Callable[[], object], device: torch.device,
+              min_time: float = 0.5) -> tuple[float, float]:
+    """:func:`time_many` of two functions."""
+    a, b = time_many([fn_a, fn_b], device, min_time)
+    return a, b
 
 
 def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:

@@ -40,7 +40,7 @@ __all__ = ["FINDINGS", "generate", "ensure_synthetic", "render"]
 FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule",
             "Pneumonia", "Pneumothorax")
 FINDING_PROBABILITY = 0.12
-VERSION = 2
+VERSION = 3
 HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
           "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
 
@@ -134,13 +134,13 @@ def render(seed: int, index: int, size: int, findings: bool = True
     for name in ("Nodule", "Mass"):
         if present[name]:
             px, py, _ = lung_point(0.05)
-            r = rng_f.uniform(0.016, 0.028) if name == "Nodule" else rng_f.uniform(0.05, 0.075)
+            r = rng_f.uniform(0.024, 0.034) if name == "Nodule" else rng_f.uniform(0.05, 0.075)
             d2 = _ellipse(u, v, px, py, r, r * jit(0.15))
             if name == "Mass":  # lobulated outline
                 ang = np.arctan2(v - py, u - px)
                 d2 = d2 * (1 + 0.18 * np.sin(3 * ang + rng_f.uniform(0, 6)))
             blob = _soft(d2, 0.45)
-            img += (0.22 if name == "Nodule" else 0.28) * blob
+            img += (0.26 if name == "Nodule" else 0.28) * blob
             masks[name] = d2 < 1.0
     if present["Effusion"]:  # Effusion: a base filled with fluid
         cx, lung = lungs[int(rng_f.integers(2))]
@@ -164,7 +164,7 @@ def render(seed: int, index: int, size: int, findings: bool = True
         cx, _ = lungs[int(rng_f.integers(2))]
         py = rng_f.uniform(0.55, 0.66)
         ang = rng_f.uniform(-0.35, 0.35)
-        d2 = _ellipse(u, v, cx, py, rng_f.uniform(0.08, 0.11), rng_f.uniform(0.011, 0.017), ang)
+        d2 = _ellipse(u, v, cx, py, rng_f.uniform(0.08, 0.11), rng_f.uniform(0.016, 0.022), ang)
         img += 0.24 * _soft(d2, 0.5)
         masks["Atelectasis"] = d2 < 1.3
     if present["Infiltration"]:  # Infiltration: mottled, reticular patch

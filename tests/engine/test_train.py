@@ -1,0 +1,132 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from wsloc.cli import main
+from wsloc.config import load_config
+from wsloc.data.nih import load_metadata
+from wsloc.data.synthetic import ensure_synthetic
+from wsloc.engine import evaluate as evaluate_mod
+from wsloc.engine.checkpoint import load_checkpoint
+from wsloc.engine.evaluate import evaluate
+from wsloc.engine.train import train
+
+TINY = ["data.synthetic.n=48", "data.synthetic.size=64", "data.image_size=64",
+        "data.num_workers=0", "model.transition_channels=16", "train.epochs=2",
+        "train.batch_size=8"]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("WSLOC_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def _weights(run_dir, name="last.pt"):
+    return load_checkpoint(run_dir / name)["model"]
+
+
+def test_train_writes_a_complete_run(cache):
+    cfg = load_config(None, TINY)
+    run = train(cfg, out=cache / "run", progress=False)
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.yaml", "history.jsonl",
+                                                     "last.pt"]
+    assert load_config(run / "config.yaml") == cfg  # the resolved config, reloadable
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["epoch"] == 2 and ckpt["config"] == cfg and len(ckpt["classes"]) == 8
+    with pytest.raises(FileExistsError, match="a run never overwrites"):
+        train(cfg, out=run, progress=False)
+
+
+def test_resume_continues_exactly(cache, monkeypatch):
+    cfg = load_config(None, TINY + ["train.epochs=3"])
+    full = train(cfg, out=cache / "full", progress=False)
+
+    calls = {"n": 0}
+    real = evaluate_mod.predict
+
+    def interrupt_in_epoch_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # the run dies during epoch 2's validation
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("wsloc.engine.train.predict", interrupt_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out=cache / "cut", progress=False)
+    assert load_checkpoint(cache / "cut" / "last.pt")["epoch"] == 1  # lost only epoch 2
+    monkeypatch.setattr("wsloc.engine.train.predict", real)
+    assert main(["train", "--resume", str(cache / "cut")]) == 0
+    a, b = _weights(full), _weights(cache / "cut")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    drop = ("seconds",)
+    strip = lambda hist: [{k: v for k, v in h.items() if k not in drop} for h in hist]  # noqa
+    assert strip(load_checkpoint(cache / "cut" / "last.pt")["history"]) == strip(
+        load_checkpoint(full / "last.pt")["history"])
+
+
+def test_evaluate_writes_metrics_roc_and_table(cache, capsys):
+    run = train(load_config(None, TINY), out=cache / "run", progress=False)
+    with pytest.warns(UserWarning):  # a tiny test split lacks some findings: NaN, warned
+        result = evaluate(run / "best.pt", progress=False)
+    out = run / "eval-test"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["images"] == result["images"] > 0
+    finite = [v for v in metrics["auc"].values() if v is not None]
+    assert finite and all(0 <= v <= 1 for v in finite)
+    assert metrics["mean_auc"] == pytest.approx(np.mean(finite))
+    assert (out / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    table = (out / "results.md").read_text()
+    assert "| ResNet-50, ChestX-ray8 (Wang et al. 2017) | 0.7069 | 0.8141 |" in table
+    assert "| Atel | Card |" in table
+    # evaluated again: a new folder, never over the first
+    with pytest.warns(UserWarning):
+        again = evaluate(run / "best.pt", progress=False)
+    assert again["out"].endswith("eval-test-2")
+
+
+def test_evaluate_rejects_a_bad_checkpoint(cache, capsys):
+    (cache / "x.pt").write_bytes(b"not a checkpoint")
+    assert main(["evaluate", "--checkpoint", str(cache / "x.pt")]) == 2
+    assert "not a wsloc checkpoint" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(cache / "none.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def _even_synthetic(cache, batch):
+    """A synthetic set whose train split divides into whole batches (so 1 and 2 processes
+    see exactly the same batches)."""
+    for n in range(40, 90, 2):
+        root = ensure_synthetic(n=n, size=64, seed=0, progress=False)
+        if len(load_metadata(root).by_split("train")) % batch == 0:
+            return n
+    raise AssertionError("no suitable n")
+
+
+def test_two_processes_match_one(cache):
+    n = _even_synthetic(cache, 8)
+    # SGD: Adam's m/√v would turn rounding-level gradient differences into full steps
+    args = TINY + [f"data.synthetic.n={n}", "data.train_transform=eval",
+                   "model.freeze_bn=true", "train.loss=bce", "train.device=cpu",
+                   "train.optimizer=sgd", "train.lr=0.05"]
+    one = train(load_config(None, args), out=cache / "one", progress=False)
+    env = {"WSLOC_CACHE": str(cache / "cache"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29533", "-m", "wsloc.cli", "train", "--out", str(cache / "two"),
+           *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = _weights(one), _weights(cache / "two")
+    for key in a:
+        # the same steps; only fp32 summation order differs (seen: 1e-4 after 10 steps)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-3, msg=key)
+    h1 = load_checkpoint(one / "last.pt")["history"]
+    h2 = load_checkpoint(cache / "two" / "last.pt")["history"]
+    assert h1[-1]["val_mean_auc"] == pytest.approx(h2[-1]["val_mean_auc"], abs=1e-3)

@@ -1,0 +1,132 @@
+"""Configs: a YAML file over the defaults below, then ``key=value`` overrides.
+
+Every key must exist in :data:`DEFAULTS` (an unknown key is an error that lists the valid
+ones); override values are parsed as YAML (``train.lr=3e-4``, ``data.views=[PA]``,
+``data.root=null``). The resolved config is written into the run directory.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+__all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "dump"]
+
+DEFAULTS: dict = {
+    "data": {
+        "root": None,  # None: the built-in synthetic set, generated on first use
+        "synthetic": {"n": 2000, "size": 256, "seed": 0},
+        "classes": "chestxray8",
+        "views": None,
+        "image_size": 96,
+        "train_transform": "train",
+        "eval_transform": "eval",
+        "val_fraction": 0.1,
+        "split_seed": 0,
+        "num_workers": 2,
+        "on_error": "raise",
+    },
+    "model": {
+        "name": "chestxray8",
+        "backbone": "resnet18",
+        "weights": "none",
+        "transition_channels": 256,
+        "pooling": "lse",
+        "r": 10.0,
+        "learn_r": False,
+        "pool_on": "features",
+        "freeze_bn": False,
+    },
+    "train": {
+        "epochs": 8,
+        "batch_size": 32,
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "scheduler": "cosine",
+        "loss": "wcel",
+        "amp": True,
+        "channels_last": True,
+        "sync_bn": False,
+        "seed": 0,
+        "device": "auto",
+    },
+}
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def _coerce(default, value, where: str):
+    """Numbers for float keys: YAML 1.1 reads ``3e-4`` (no dot) as a string."""
+    if isinstance(default, float) and not isinstance(value, bool) and isinstance(value,
+                                                                                (int, str)):
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    return value
+
+
+def _merge(base: dict, update: dict, where: str) -> dict:
+    for key, value in update.items():
+        if key not in base:
+            raise ConfigError(f"{where}: unknown key {key!r}; valid keys: "
+                              f"{', '.join(sorted(base))}")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {key!r} must be a mapping, got {value!r}")
+            _merge(base[key], value, f"{where}.{key}" if where else key)
+        else:
+            base[key] = _coerce(base[key], value, f"{where}.{key}" if where else key)
+    return base
+
+
+def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` overrides (values parsed as YAML)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        dotted, raw = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        node = cfg
+        for i, key in enumerate(keys):
+            if not isinstance(node, dict) or key not in node:
+                valid = ", ".join(sorted(node)) if isinstance(node, dict) else "(none)"
+                raise ConfigError(f"override {item!r}: unknown key "
+                                  f"{'.'.join(keys[: i + 1])!r}; valid here: {valid}")
+            if i == len(keys) - 1:
+                if isinstance(node[key], dict):
+                    raise ConfigError(f"override {item!r}: {dotted!r} is a section; set one "
+                                      "of its keys")
+                value = yaml.safe_load(raw) if raw.strip() else None
+                node[key] = _coerce(node[key], value, f"override {item!r}")
+            else:
+                node = node[key]
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
+    """DEFAULTS, updated by the YAML file at ``path`` (``configs/demo.yaml`` is the default
+    run's), then by ``overrides``."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        _merge(cfg, loaded, str(path))
+    return apply_overrides(cfg, list(overrides or []))
+
+
+def dump(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False)

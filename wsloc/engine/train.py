@@ -1,0 +1,186 @@
+"""``wsloc train``: one process, or many through ``torchrun`` (DistributedDataParallel)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from wsloc.config import dump
+from wsloc.data import collate
+from wsloc.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from wsloc.engine.distributed import Dist, setup
+from wsloc.engine.evaluate import data_root_of, make_dataset, predict
+from wsloc.losses import build_loss
+from wsloc.metrics import compute_auc, mean_auc
+from wsloc.models import build_model
+
+__all__ = ["train"]
+
+
+def _seed_worker(_worker_id: int) -> None:
+    """Give each DataLoader worker its own augmentation stream, derived from torch's seed
+    (itself drawn from the main process's RNG, so a resumed run repeats it)."""
+    info = torch.utils.data.get_worker_info()
+    seed = info.seed % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    transform = getattr(info.dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
+
+
+def _optimizer(cfg: dict, params) -> torch.optim.Optimizer:
+    t = cfg["train"]
+    if t["optimizer"] == "adam":
+        return torch.optim.Adam(params, lr=t["lr"], weight_decay=t["weight_decay"])
+    if t["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"],
+                               weight_decay=t["weight_decay"])
+    raise ValueError(f"unknown train.optimizer {t['optimizer']!r}; choose adam or sgd")
+
+
+def _scheduler(cfg: dict, opt):
+    name, epochs = cfg["train"]["scheduler"], cfg["train"]["epochs"]
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, epochs // 3), gamma=0.1)
+    if name == "none":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    raise ValueError(f"unknown train.scheduler {name!r}; choose cosine, step or none")
+
+
+def _new_run_dir(out: str | Path | None, d: Dist) -> Path:
+    run_dir = Path(out) if out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if d.main:
+        if run_dir.exists():
+            raise FileExistsError(f"{run_dir} exists; a run never overwrites one (pick another "
+                                  "--out, or --resume it)")
+        run_dir.mkdir(parents=True)
+    d.barrier()
+    return run_dir
+
+
+def train(cfg: dict, out: str | Path | None = None, resume: str | Path | None = None,
+          progress: bool = True) -> Path:
+    """Train ``cfg``; returns the run directory (config.yaml, last.pt, best.pt,
+    history.jsonl). With ``resume``, continue that run from its last checkpoint (epoch,
+    optimizer, scheduler and RNG states): an interruption loses at most one epoch."""
+    d = setup(cfg["train"]["device"])
+    ckpt = None
+    if resume is not None:
+        run_dir = Path(resume)
+        ckpt = load_checkpoint(run_dir / "last.pt")
+        cfg = ckpt["config"]
+    else:
+        run_dir = _new_run_dir(out, d)
+        if d.main:
+            (run_dir / "config.yaml").write_text(dump(cfg))
+    t = cfg["train"]
+    if t["batch_size"] % d.world:
+        raise ValueError(f"train.batch_size ({t['batch_size']}) must divide by the number of "
+                         f"processes ({d.world})")
+    torch.manual_seed(t["seed"])
+    np.random.seed(t["seed"])
+    random.seed(t["seed"])
+
+    root = data_root_of(cfg, d, progress)
+    train_ds = make_dataset(cfg, root, "train", cfg["data"]["train_transform"])
+    val_ds = make_dataset(cfg, root, "val", cfg["data"]["eval_transform"])
+    classes = train_ds.classes
+    sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=d.world, rank=d.rank,
+                                                  shuffle=True, seed=t["seed"])
+    workers = cfg["data"]["num_workers"]
+    loader = torch.utils.data.DataLoader(
+        train_ds, batch_size=t["batch_size"] // d.world, sampler=sampler, num_workers=workers,
+        collate_fn=collate, worker_init_fn=_seed_worker if workers else None,
+        pin_memory=d.device.type == "cuda")
+
+    model = build_model(cfg["model"], len(classes)).to(d.device)
+    cuda = d.device.type == "cuda"
+    channels_last = cuda and t["channels_last"]
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if d.world > 1 and cuda and t["sync_bn"]:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if cuda
+                                                     else None) if d.world > 1 else model)
+    opt = _optimizer(cfg, model.parameters())
+    sched = _scheduler(cfg, opt)
+    amp = cuda and t["amp"]
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    loss_fn = build_loss(t["loss"])
+    start, best, history = 0, -math.inf, []
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start, best, history = ckpt["epoch"], ckpt["best"], list(ckpt["history"])
+        set_rng_state(ckpt["rng"])
+        if d.main:
+            print(f"resuming {run_dir} after epoch {start}/{t['epochs']}")
+
+    for epoch in range(start, t["epochs"]):
+        began = time.perf_counter()
+        sampler.set_epoch(epoch)
+        if not workers and hasattr(train_ds.transform, "set_random_seed"):
+            train_ds.transform.set_random_seed(int(torch.randint(2**31, ()).item()))
+        net.train()
+        losses, seen = [], 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t['epochs']}", unit="batch",
+                   disable=not (progress and d.main), leave=False)
+        for batch in bar:
+            x = batch["image"].to(d.device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = batch["labels"].to(d.device, non_blocking=True)
+            with torch.autocast(device_type=d.device.type, dtype=torch.float16, enabled=amp):
+                logits = net(x)
+            loss = loss_fn(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"epoch {epoch + 1}: the loss is {loss.item()}; lower "
+                                         "train.lr")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            losses.append(loss.item())
+            seen += len(x) * d.world
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}",
+                            img_s=f"{seen / (time.perf_counter() - began):.1f}")
+        sched.step()
+        scores, labels = predict(model, val_ds, d, t["batch_size"], workers, channels_last, amp)
+        aucs = compute_auc(scores, labels, classes) if len(labels) else np.full(len(classes),
+                                                                                np.nan)
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
+                  "val_mean_auc": mean_auc(aucs),
+                  "val_auc": {c: (None if np.isnan(a) else float(a)) for c, a in
+                              zip(classes, aucs)},
+                  "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - began}
+        history.append(record)
+        if d.main:
+            improved = np.isfinite(record["val_mean_auc"]) and record["val_mean_auc"] > best
+            best = record["val_mean_auc"] if improved else best
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                     "epoch": epoch + 1, "best": best, "config": cfg, "classes": list(classes),
+                     "history": history, "rng": rng_state()}
+            save_checkpoint(state, run_dir / "last.pt")
+            if improved:
+                save_checkpoint(state, run_dir / "best.pt")
+            with open(run_dir / "history.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(f"epoch {epoch + 1}/{t['epochs']}  loss {record['train_loss']:.4f}  "
+                  f"val mean AUC {record['val_mean_auc']:.4f}{'  (best)' if improved else ''}"
+                  f"  {record['seconds']:.0f} s", flush=True)
+        d.barrier()
+    return run_dir
+
