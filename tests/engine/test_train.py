@@ -1,4 +1,5 @@
 import json
+import socket
 import subprocess
 import sys
 
@@ -118,9 +119,12 @@ def test_two_processes_match_one(cache):
                    "train.optimizer=sgd", "train.lr=0.05"]
     one = train(load_config(None, args), out=cache / "one", progress=False)
     env = {"WSLOC_CACHE": str(cache / "cache"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29533", "-m", "wsloc.cli", "train", "--out", str(cache / "two"),
-           *args]
+           "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "wsloc.cli", "train",
+           "--out", str(cache / "two"), *args]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = _weights(one), _weights(cache / "two")

@@ -92,9 +92,24 @@ def _age(text: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _rows(path: Path):
+def _data_rows(path: Path, header: str):
+    """(line number, fields) of each non-blank data row, after checking the header."""
     with open(path, newline="", encoding="utf-8-sig") as f:
-        yield from enumerate(csv.reader(f), start=1)
+        for line, row in enumerate(csv.reader(f), start=1):
+            if line == 1:
+                if not row or row[0].strip() != "Image Index":
+                    raise MetadataError(f"{path}:1: expected the header {header!r}, got "
+                                        f"{','.join(row)[:80]!r}")
+            elif row and any(cell.strip() for cell in row):
+                yield line, row
+
+
+def _malformed(path: Path, line: int, row: list[str], err: ValueError, on_error: str) -> None:
+    """Raise for a malformed row, naming file and line; or, when skipping, warn."""
+    if on_error != "skip":
+        raise MetadataError(f"{path}:{line}: malformed row ({err}): "
+                            f"{','.join(row)[:100]!r}") from err
+    warnings.warn(f"{path}:{line}: skipped malformed row ({err})", stacklevel=3)
 
 
 def read_data_entry(path: Path, on_error: str = "raise") -> list[Record]:
@@ -102,14 +117,7 @@ def read_data_entry(path: Path, on_error: str = "raise") -> list[Record]:
     (file and line named), or with ``on_error="skip"`` is skipped with a warning."""
     records: list[Record] = []
     skipped = 0
-    for line, row in _rows(path):
-        if line == 1:
-            if not row or row[0].strip() != "Image Index":
-                raise MetadataError(f"{path}:1: expected the header 'Image Index,Finding "
-                                    f"Labels,...', got {','.join(row)[:80]!r}")
-            continue
-        if not row or not any(cell.strip() for cell in row):
-            continue
+    for line, row in _data_rows(path, "Image Index,Finding Labels,..."):
         try:
             if row and row[-1] == "" and len(row) == 12:  # Data_Entry_2017.csv's trailing comma
                 row = row[:11]
@@ -129,10 +137,7 @@ def read_data_entry(path: Path, on_error: str = "raise") -> list[Record]:
                 spacing=(float(row[9]), float(row[10])),
             ))
         except ValueError as err:
-            if on_error != "skip":
-                raise MetadataError(f"{path}:{line}: malformed row ({err}): "
-                                    f"{','.join(row)[:100]!r}") from err
-            warnings.warn(f"{path}:{line}: skipped malformed row ({err})", stacklevel=2)
+            _malformed(path, line, row, err, on_error)
             skipped += 1
     if skipped:
         warnings.warn(f"{path}: skipped {skipped} malformed row(s) in all", stacklevel=2)
@@ -142,14 +147,7 @@ def read_data_entry(path: Path, on_error: str = "raise") -> list[Record]:
 def read_bbox_list(path: Path, on_error: str = "raise") -> dict[str, list[Box]]:
     """Parse BBox_List_2017.csv into {image name: [Box(label, x1, y1, x2, y2)]}."""
     boxes: dict[str, list[Box]] = {}
-    for line, row in _rows(path):
-        if line == 1:
-            if not row or row[0].strip() != "Image Index":
-                raise MetadataError(f"{path}:1: expected the header 'Image Index,Finding "
-                                    f"Label,Bbox [x,y,w,h],,,', got {','.join(row)[:80]!r}")
-            continue
-        if not row or not any(cell.strip() for cell in row):
-            continue
+    for line, row in _data_rows(path, "Image Index,Finding Label,Bbox [x,y,w,h],,,"):
         try:
             if len(row) < 6 or any(cell.strip() for cell in row[6:]):
                 raise ValueError(f"expected 6 fields, got {len(row)}")
@@ -162,10 +160,7 @@ def read_bbox_list(path: Path, on_error: str = "raise") -> dict[str, list[Box]]:
                 raise ValueError(f"box must have positive width and height, got {x, y, w, h}")
             boxes.setdefault(name, []).append(Box(label, x, y, x + w, y + h))
         except ValueError as err:
-            if on_error != "skip":
-                raise MetadataError(f"{path}:{line}: malformed row ({err}): "
-                                    f"{','.join(row)[:100]!r}") from err
-            warnings.warn(f"{path}:{line}: skipped malformed row ({err})", stacklevel=2)
+            _malformed(path, line, row, err, on_error)
     return boxes
 
 

@@ -49,6 +49,31 @@ def _log_mean_exp(s, s1, cnt):
 
 
 @triton.jit
+def _unravel(offs, C, D, H, W, C_LAST: tl.constexpr):
+    """Flat indices → (n, c, d, h, w), channels fastest when C_LAST (coalesced loads on
+    channels_last data), else w fastest."""
+    if C_LAST:
+        c = offs % C
+        rest = offs // C
+        w = rest % W
+        rest = rest // W
+        h = rest % H
+        rest = rest // H
+        d = rest % D
+        n = rest // D
+    else:
+        w = offs % W
+        rest = offs // W
+        h = rest % H
+        rest = rest // H
+        d = rest % D
+        rest = rest // D
+        c = rest % C
+        n = rest // C
+    return n, c, d, h, w
+
+
+@triton.jit
 def _window_fwd_kernel(
     x_ptr, r_ptr, u_ptr, y_ptr, aux_ptr,
     total, C, D, H, W, OD, OH, OW,
@@ -61,24 +86,7 @@ def _window_fwd_kernel(
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < total
-    if C_LAST:
-        c = offs % C
-        rest = offs // C
-        ow = rest % OW
-        rest = rest // OW
-        oh = rest % OH
-        rest = rest // OH
-        od = rest % OD
-        n = rest // OD
-    else:
-        ow = offs % OW
-        rest = offs // OW
-        oh = rest % OH
-        rest = rest // OH
-        od = rest % OD
-        rest = rest // OD
-        c = rest % C
-        n = rest // C
+    n, c, od, oh, ow = _unravel(offs, C, OD, OH, OW, C_LAST)
     x_base = x_ptr + n * sxn + c * sxc
     d0 = od * SD - PD
     h0 = oh * SH - PH
@@ -189,24 +197,7 @@ def _window_bwd_kernel(
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < total
-    if C_LAST:
-        c = offs % C
-        rest = offs // C
-        iw = rest % W
-        rest = rest // W
-        ih = rest % H
-        rest = rest // H
-        i_d = rest % D
-        n = rest // D
-    else:
-        iw = offs % W
-        rest = offs // W
-        ih = rest % H
-        rest = rest // H
-        i_d = rest % D
-        rest = rest // D
-        c = rest % C
-        n = rest // C
+    n, c, i_d, ih, iw = _unravel(offs, C, D, H, W, C_LAST)
     x_off = n * sxn + c * sxc + i_d * sxd + ih * sxh + iw * sxw
     xv = tl.load(x_ptr + x_off, mask=mask, other=0.0).to(tl.float32)
     if MODE == 0:
