@@ -171,6 +171,8 @@ def test_errors_name_the_argument():
         lse_pool2d(x, torch.ones(4))
     with pytest.raises(TypeError, match=r"`r`"):
         lse_pool2d(x, "10")
+    with pytest.raises(ValueError, match=r"`r` must be on the input's device cpu, got meta"):
+        lse_pool2d(x, torch.ones(3, device="meta"))
     with pytest.raises(ValueError, match=r"larger than the padded input"):
         lse_pool2d(x, 1.0, 9)
     with pytest.raises(ValueError, match=r"`padding` must be at most half"):

@@ -79,8 +79,10 @@ def window_geometry(
     return k, s, p, out
 
 
-def check_r(r: float | Tensor, channels: int) -> Tensor | float:
-    """Check the LSE sharpness: a positive number or a tensor of shape [C] (or one element)."""
+def check_r(r: float | Tensor, channels: int, device: torch.device | None = None
+            ) -> Tensor | float:
+    """Check the LSE sharpness: a positive number or a tensor of shape [C] (or one element)
+    on ``device``."""
     if isinstance(r, bool):
         raise TypeError(f"`r` must be a positive float or a tensor of shape [C], got {r!r}")
     if isinstance(r, (int, float)):
@@ -93,6 +95,8 @@ def check_r(r: float | Tensor, channels: int) -> Tensor | float:
         )
     if not r.is_floating_point():
         raise TypeError(f"`r` must be a floating-point tensor, got dtype {r.dtype}")
+    if device is not None and r.device != device:
+        raise ValueError(f"`r` must be on the input's device {device}, got {r.device}")
     if r.numel() != 1 and tuple(r.shape) != (channels,):
         raise ValueError(
             f"`r` must be a scalar or have shape [C] = [{channels}], got shape {tuple(r.shape)}"

@@ -70,7 +70,7 @@ def lse_pool2d(
         ``OH = (H + 2·ph − kh) // sh + 1``; same dtype as ``x``.
     """
     check_tensor(x, 4, "[N, C, H, W]")
-    r = check_r(r, x.shape[1])
+    r = check_r(r, x.shape[1], x.device)
     if kernel_size is None:
         if stride is not None or padding != 0:
             raise ValueError(
