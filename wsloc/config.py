@@ -40,7 +40,7 @@ DEFAULTS: dict = {
         "freeze_bn": False,
     },
     "train": {
-        "epochs": 8,
+        "epochs": 12,
         "batch_size": 32,
         "optimizer": "adam",
         "lr": 1e-3,

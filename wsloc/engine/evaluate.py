@@ -106,8 +106,10 @@ def evaluate(checkpoint: str | Path, data_root: str | Path | None = None, split:
     model_cfg = dict(cfg["model"], weights="none")  # the checkpoint holds every weight
     model = build_model(model_cfg, len(dataset.classes)).to(d.device)
     model.load_state_dict(ckpt["model"])
+    if cfg["train"]["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
     scores, labels = predict(model, dataset, d, batch_size or cfg["train"]["batch_size"],
-                             cfg["data"]["num_workers"])
+                             cfg["data"]["num_workers"], cfg["train"]["channels_last"])
     classes = list(dataset.classes)
     aucs = compute_auc(scores, labels, classes)
     result = {"checkpoint": str(checkpoint), "data_root": str(root), "split": split,

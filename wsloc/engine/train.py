@@ -105,7 +105,7 @@ def train(cfg: dict, out: str | Path | None = None, resume: str | Path | None = 
 
     model = build_model(cfg["model"], len(classes)).to(d.device)
     cuda = d.device.type == "cuda"
-    channels_last = cuda and t["channels_last"]
+    channels_last = t["channels_last"]  # also faster on CPU (oneDNN): ~10-15% at 96²
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if d.world > 1 and cuda and t["sync_bn"]:
