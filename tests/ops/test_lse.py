@@ -249,3 +249,32 @@ def test_auto_never_picks_the_interpreter_for_cpu_tensors(monkeypatch):
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert resolve_backend("auto", torch.zeros(1), "op") == "torch"
+
+
+@pytest.mark.parametrize("r", [0.5, 1.0, 10.0])
+def test_padding_is_known_by_position_not_by_value(r):
+    # a genuine -inf inside a padded window still counts in |S| (it adds exp(-inf) = 0)
+    x = torch.randn(1, 2, 3, 3, dtype=torch.float64)
+    x[0, 0, 0, 0] = float("-inf")
+    x[0, 1, 1, 1] = float("-inf")
+    y = lse_pool2d(x, r, 3, 1, 1, backend="torch")
+    torch.testing.assert_close(y, _oracle(x, r, 3, 1, 1), rtol=1e-12, atol=1e-12)
+    # the gradient is the window softmax over real slots: 0 at the -inf, finite elsewhere
+    xr = x.clone().requires_grad_(True)
+    lse_pool2d(xr, torch.tensor([r, r], dtype=torch.float64, requires_grad=True), 3, 1, 1,
+               backend="torch").sum().backward()
+    assert torch.isfinite(xr.grad).all() and xr.grad[0, 0, 0, 0] == 0
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-4), (torch.bfloat16, 2e-3)])
+@pytest.mark.parametrize("k", [None, 2])
+def test_half_precision_accumulates_in_float32(dtype, tol, k):
+    # small r is where the input-dtype sum loses most (fp16 r=0.1: 1e-2 before the fix)
+    x = (torch.randn(4, 8, 16, 16) * 2).to(dtype)
+    for r in (0.1, 1.0):
+        y = lse_pool2d(x, r, k, backend="torch")
+        assert y.dtype == dtype
+        ref = _oracle(x.double(), r, k, k, 0)
+        # the float32 result rounded once to the output dtype: half an ulp of |y| plus tol
+        bound = tol + ref.abs() * torch.finfo(dtype).eps
+        assert ((y.double() - ref).abs() <= bound).all(), (y.double() - ref).abs().max()

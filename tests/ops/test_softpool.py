@@ -159,3 +159,17 @@ def test_module():
     x = torch.randn(1, 2, 4, 4)
     torch.testing.assert_close(pool(x), soft_pool2d(x, 2))
     assert repr(pool) == "SoftPool2d(kernel_size=2, stride=None, backend='auto')"
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-4), (torch.bfloat16, 2e-3)])
+@pytest.mark.parametrize("k", [None, 2])
+def test_half_precision_accumulates_in_float32(dtype, tol, k):
+    x = (torch.randn(4, 8, 16, 16) * 2).to(dtype)
+    y = soft_pool2d(x, k, backend="torch")
+    assert y.dtype == dtype
+    kk = None if k is None else (k, k)
+    ref = torch.from_numpy(oracles.pool(x.double().numpy(), lambda v, c: oracles.softpool(v),
+                                        kk, kk))
+    ref = ref.reshape(y.shape)
+    bound = tol + ref.abs() * torch.finfo(dtype).eps
+    assert ((y.double() - ref).abs() <= bound).all(), (y.double() - ref).abs().max()

@@ -226,6 +226,21 @@ def window_columns(x: Tensor, k: Sequence[int], s: Sequence[int], p: Sequence[in
     return torch.stack(slices, 1)
 
 
+def window_validity(spatial: Sequence[int], k: Sequence[int], s: Sequence[int],
+                    p: Sequence[int], device: torch.device) -> Tensor:
+    """Which slots of :func:`window_columns`' output are real input, as a bool tensor
+    [1, prod(k), prod(out)] (False where a window reaches into the padding). Padding is
+    known by position, so a genuine ``-inf`` in the input is still counted."""
+    ones = torch.ones((1, 1, *spatial), device=device)
+    return window_columns(ones, k, s, p, 0.0) > 0
+
+
+def accumulation_view(x: Tensor) -> Tensor:
+    """``x`` in float32 when it is float16/bfloat16 (the PyTorch path accumulates in float32,
+    as the kernels do), else ``x`` itself. Differentiable: the gradient is cast back."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def kernel_ready(x: Tensor) -> Tensor:
     """``x`` itself when it is dense with flattenable spatial dims (contiguous or
     channels_last), else a contiguous copy: what the global kernels index."""

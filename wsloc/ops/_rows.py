@@ -64,12 +64,17 @@ def _buf(ws: tuple[Tensor, Tensor] | None, j: int, like: Tensor) -> Tensor | Non
     return ws[j][: like.shape[0], :, : like.shape[2]]
 
 
-def _lse_lines(z: Tensor, r: Tensor | float, padded: bool, ws) -> Tensor:
-    """LSE over K of a [b, K, i] block; padded slots hold -inf and are not counted."""
+def _count(valid: Tensor | None, z: Tensor) -> Tensor | int:
+    """|S| of each line: its real (unpadded) slots, known by position, never by value."""
+    return z.shape[1] if valid is None else valid.sum(1, keepdim=True).to(z.dtype)
+
+
+def _lse_lines(z: Tensor, r: Tensor | float, valid: Tensor | None, ws) -> Tensor:
+    """LSE over K of a [b, K, i] block; slots where ``valid`` [1, K, i] is False are padding
+    (they hold -inf, so they add nothing to Σ exp) and are not counted in |S|."""
     m = z.amax(1, keepdim=True)
     t = torch.sub(z, m, out=_buf(ws, 0, z)).mul_(r)  # r·(x − m) <= 0
-    valid = z != NEG_INF if padded else None
-    cnt = valid.sum(1, keepdim=True).to(z.dtype) if padded else z.shape[1]
+    cnt = _count(valid, z)
     mean = torch.exp(t, out=_buf(ws, 1, z)).sum(1, keepdim=True) / cnt
     log_mean = torch.log(mean)
     # Where mean(exp t) > 1/2, log(Σe) − log|S| cancels to an absolute error of ~eps/r: for
@@ -83,7 +88,7 @@ def _lse_lines(z: Tensor, r: Tensor | float, padded: bool, ws) -> Tensor:
         return m + log_mean / r
     if ws is None or bool(near_one.any()):
         em1 = torch.expm1(t, out=_buf(ws, 1, z))
-        if padded:
+        if valid is not None:  # a padded slot adds 0; a real -inf adds expm1(-inf) = -1
             em1 = em1.masked_fill(~valid, 0.0)
         log_mean = torch.where(near_one, torch.log1p(em1.sum(1, keepdim=True) / cnt), log_mean)
     return m + log_mean / r
@@ -102,30 +107,34 @@ class LinePool(torch.autograd.Function):
     """Pooling over the middle axis of ``z`` [B, K, I] with an exact, hand-written backward.
 
     ``r``: a float, or a tensor [B or 1, 1, I or 1] with one r per line (LSE); ``mode``: LSE
-    or SOFT; ``padded``: -inf marks padding (LSE). Returns [B, 1, I].
+    or SOFT; ``valid``: None (no padding) or a bool tensor [1, K, I] that is False at padded
+    slots (LSE; those slots hold -inf). Padding is known by position, so a genuine -inf in
+    the input still counts in |S|. Returns [B, 1, I].
     """
 
     @staticmethod
-    def forward(ctx, z: Tensor, r: Tensor | float, mode: int, padded: bool) -> Tensor:
+    def forward(ctx, z: Tensor, r: Tensor | float, mode: int, valid: Tensor | None) -> Tensor:
         compiling = torch.compiler.is_compiling()
         y = z.new_empty(z.shape[0], 1, z.shape[2])
         aux = torch.empty_like(y) if mode == SOFT else None
         ws = _workspace(z, compiling)
         for b, i in _blocks(z.shape, compiling):
             if mode == LSE:
-                y[b, :, i] = _lse_lines(z[b, :, i], _at(r, b, i), padded, ws)
+                y[b, :, i] = _lse_lines(z[b, :, i], _at(r, b, i), _cols(valid, i), ws)
             else:
                 y[b, :, i], aux[b, :, i] = _soft_lines(z[b, :, i], ws)
         r_is_tensor = isinstance(r, Tensor)
-        ctx.args = (mode, padded, r_is_tensor, None if r_is_tensor else r)
-        ctx.save_for_backward(z, y, aux if aux is not None else y, r if r_is_tensor else y)
+        ctx.args = (mode, valid is not None, r_is_tensor, None if r_is_tensor else r)
+        ctx.save_for_backward(z, y, aux if aux is not None else y, r if r_is_tensor else y,
+                              valid if valid is not None else y)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy: Tensor):
-        z, y, aux, r_t = ctx.saved_tensors
+        z, y, aux, r_t, valid = ctx.saved_tensors
         mode, padded, r_is_tensor, r_float = ctx.args
+        valid = valid if padded else None
         r = r_t if r_is_tensor else r_float
         need_dr = mode == LSE and r_is_tensor and ctx.needs_input_grad[1]
         compiling = torch.compiler.is_compiling()
@@ -137,13 +146,13 @@ class LinePool(torch.autograd.Function):
             out = None if compiling else dz[b, :, i]  # written in place, block by block
             if mode == LSE:
                 rb = _at(r, b, i)
-                cnt = (zb != NEG_INF).sum(1, keepdim=True).to(z.dtype) if padded else z.shape[1]
+                cnt = _count(_cols(valid, i), zb)
                 # dy/dx_i = exp(r (x_i − y)) / |S|
                 dzb = torch.sub(zb, yb, out=out).mul_(rb).exp_().mul_(gb / cnt)
                 if need_dr:  # dy/dr = Σ g p_i (x_i − y) / r
                     diff = torch.sub(zb, yb, out=_buf(ws, 0, zb))
-                    if padded:
-                        diff.masked_fill_(zb == NEG_INF, 0.0)
+                    # p_i = 0 at -inf (padded or real): (x − y)·p_i → 0, not -inf·0 = NaN
+                    diff.masked_fill_(zb == NEG_INF, 0.0)
                     dr[b, :, i] = diff.mul_(dzb).sum(1, keepdim=True) / rb
             else:
                 # dy/dx_i = w_i (1 + x_i − y), w_i = exp(x_i − log Σ e)
@@ -155,3 +164,8 @@ class LinePool(torch.autograd.Function):
             dr = dr.sum(2, keepdim=True) if r_t.shape[2] == 1 else dr
             dr = dr.sum(0, keepdim=True) if r_t.shape[0] == 1 else dr
         return dz, dr, None, None
+
+
+def _cols(valid: Tensor | None, i: slice) -> Tensor | None:
+    """The block's columns of a [1, K, I] validity mask."""
+    return None if valid is None else valid[:, :, i]

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from wsloc.ops import _custom
 from wsloc.ops._common import (
     LSE,
+    accumulation_view,
     check_r,
     check_tensor,
     kernel_ready,
@@ -18,6 +19,7 @@ from wsloc.ops._common import (
     to_5d,
     window_columns,
     window_geometry,
+    window_validity,
 )
 from wsloc.ops._rows import LinePool
 
@@ -25,18 +27,24 @@ __all__ = ["lse_pool2d", "LSEPool2d"]
 
 
 def _lse_torch(x: Tensor, r: Tensor | float, geometry) -> Tensor:
-    """The PyTorch path: each window (or map) is a line of :class:`LinePool`."""
+    """The PyTorch path: each window (or map) is a line of :class:`LinePool`. float16 and
+    bfloat16 are accumulated in float32 and the result cast back, as the kernels do."""
     n, c = x.shape[:2]
+    dtype = x.dtype
+    x = accumulation_view(x)
+    valid = None
     if geometry is None:
-        z, out, padded = x.reshape(n * c, -1, 1), (), False  # [N·C, H·W, 1]
-    else:  # [N·C, K, OH·OW]; padding holds -inf, which is left out of S
+        z, out = x.reshape(n * c, -1, 1), ()  # [N·C, H·W, 1]
+    else:  # [N·C, K, OH·OW]; padded slots hold -inf and are left out of S by position
         k, s, p, out = geometry
-        z, padded = window_columns(x, k, s, p, float("-inf")), any(p)
+        z = window_columns(x, k, s, p, float("-inf"))
+        if any(p):
+            valid = window_validity(x.shape[2:], k, s, p, x.device)
     if isinstance(r, Tensor):  # one r per map: [N·C, 1, 1], or [1, 1, 1] when shared
         r = r.to(x.dtype)
         r = (r.reshape(1, -1).expand(n, c).reshape(-1, 1, 1) if r.numel() > 1
              else r.reshape(1, 1, 1))
-    return LinePool.apply(z, r, LSE, padded).view(n, c, *out)
+    return LinePool.apply(z, r, LSE, valid).view(n, c, *out).to(dtype)
 
 
 def lse_pool2d(

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from wsloc.ops import _custom
 from wsloc.ops._common import (
     SOFT,
+    accumulation_view,
     check_tensor,
     kernel_ready,
     resolve_backend,
@@ -25,13 +26,16 @@ _LAYOUTS = {1: "[N, C, L]", 2: "[N, C, H, W]", 3: "[N, C, D, H, W]"}
 
 
 def _softpool_torch(x: Tensor, geometry) -> Tensor:
-    """The PyTorch path: each window (or map) is a line of :class:`LinePool`."""
+    """The PyTorch path: each window (or map) is a line of :class:`LinePool`. float16 and
+    bfloat16 are accumulated in float32 and the result cast back, as the kernels do."""
     n, c = x.shape[:2]
+    dtype = x.dtype
+    x = accumulation_view(x)
     if geometry is None:
-        return LinePool.apply(x.reshape(n * c, -1, 1), 1.0, SOFT, False).view(n, c)
+        return LinePool.apply(x.reshape(n * c, -1, 1), 1.0, SOFT, None).view(n, c).to(dtype)
     k, s, p, out = geometry
     z = window_columns(x, k, s, p, 0.0)  # [N·C, K, prod(out)]
-    return LinePool.apply(z, 1.0, SOFT, False).view(n, c, *out)
+    return LinePool.apply(z, 1.0, SOFT, None).view(n, c, *out).to(dtype)
 
 
 def _soft_pool(x: Tensor, nd: int, kernel_size, stride, backend: str) -> Tensor:
