@@ -145,3 +145,139 @@ def test_bench_loader_on_a_given_root(synth_root, tmp_path, capsys):
     data = json.loads(path.read_text())
     assert data["items"] == 10 and data["speedup"] == pytest.approx(
         data["cache_images_per_s"] / data["png_images_per_s"])
+
+
+def test_indexing_is_a_sequence_and_never_wraps(synth_root):
+    ds = ChestXray14(synth_root, split="test")
+    n = len(ds)
+    with pytest.raises(IndexError, match=rf"index {n} is out of range .*\({n} images\)"):
+        ds[n]
+    with pytest.raises(IndexError):
+        ds[-n - 1]
+    assert ds[-1]["id"] == ds.records[-1].name and ds[-n]["id"] == ds.records[0].name
+    items = list(ds)  # Python iterates until IndexError: this must end, with each film once
+    assert [it["id"] for it in items] == [r.name for r in ds.records]
+
+
+def test_skip_replaces_the_last_item_from_inside_the_split(synth_root, tmp_path):
+    root = tmp_path / "set"
+    shutil.copytree(synth_root, root)
+    last = ChestXray14(root, split="test").records[-1].name
+    (root / "images" / last).write_bytes(b"\x89PNG broken")
+    ds = ChestXray14(root, split="test", on_error="skip")
+    with pytest.warns(UserWarning, match=rf"skipped unreadable image: .*{last}"):
+        item = ds[len(ds) - 1]
+    assert item["id"] == ds.records[-2].name  # the one before it, not the split's first
+
+
+def test_a_repeated_data_entry_row_keeps_cache_and_dataset_whole(synth_root, tmp_path):
+    root = tmp_path / "set"
+    shutil.copytree(synth_root, root)
+    entry = root / "Data_Entry_2017_v2020.csv"
+    lines = entry.read_text().splitlines(keepends=True)
+    entry.write_text("".join(lines + [lines[1]]))  # the first image listed twice
+    with pytest.warns(UserWarning, match="dropped an identical repeat"):
+        prepare_cache(root, 48, workers=1, progress=False)
+    with pytest.warns(UserWarning, match="dropped an identical repeat"):
+        ds = ChestXray14(root, split="train", image_size=48,
+                         transform=build_transform("eval", 48))
+    names = [r.name for r in ds.records]
+    assert len(names) == len(set(names)) and ds.cache is not None
+    assert [ds[i]["id"] for i in range(len(ds))] == names  # every row of the cache readable
+
+
+def _two_box_root(tmp_path):
+    """One 96² film with a Mass on the left and a Nodule on the right, with their masks."""
+    root = tmp_path / "two"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    name = "00000001_000.png"
+    cv2.imwrite(str(root / "images" / name), np.full((96, 96), 128, np.uint8))
+    spots = {"Mass": (10, 30, 30, 60), "Nodule": (70, 40, 86, 56)}
+    rows = []
+    for label, (x1, y1, x2, y2) in spots.items():
+        mask = np.zeros((96, 96), np.uint8)
+        cv2.ellipse(mask, ((x1 + x2) // 2, (y1 + y2) // 2), ((x2 - x1) // 2, (y2 - y1) // 2),
+                    0, 0, 360, 255, -1)
+        ys, xs = np.nonzero(mask)
+        cv2.imwrite(str(root / "masks" / f"00000001_000__{label}.png"), mask)
+        rows.append(f"{name},{label},{xs.min()},{ys.min()},{xs.max() + 1 - xs.min()},"
+                    f"{ys.max() + 1 - ys.min()}\n")
+    (root / "Data_Entry_2017_v2020.csv").write_text(
+        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+        "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]\n"
+        f"{name},Mass|Nodule,0,1,50,M,PA,96,96,0.143,0.143\n")
+    (root / "BBox_List_2017.csv").write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+                                             + "".join(rows))
+    (root / "synth.json").write_text('{"size": 96}')
+    return root
+
+
+def _check_aligned(item):
+    assert len(item["masks"]) == len(item["boxes"])
+    for row, mask in zip(item["boxes"], item["masks"]):
+        ys, xs = np.nonzero(mask.numpy())
+        assert xs.size, "a kept box lost its mask"
+        x1, y1, x2, y2 = row[1:].tolist()
+        assert x1 - 1.5 <= xs.min() and xs.max() + 1 <= x2 + 1.5
+        assert y1 - 1.5 <= ys.min() and ys.max() + 1 <= y2 + 1.5
+
+
+def test_masks_stay_with_the_boxes_a_transform_keeps(tmp_path):
+    import albumentations as A
+
+    from wsloc.data.transforms import Pipeline, _bbox_params
+
+    root = _two_box_root(tmp_path)
+    split = load_metadata(root).split_of["00000001_000.png"]
+    ds = ChestXray14(root, split=split, return_masks=True)
+    whole = ds[0]
+    mass = int(CHESTXRAY8_CLASSES.index("Mass"))
+    # a crop that keeps the left half drops the Nodule's box: the Mass keeps its own mask
+    ds.transform = Pipeline(A.Compose([A.Crop(0, 0, 48, 96)], bbox_params=_bbox_params()))
+    item = ds[0]
+    assert item["boxes"][:, 0].tolist() == [mass]
+    left = whole["masks"][whole["boxes"][:, 0] == mass][0][:, :48]
+    assert torch.equal(item["masks"][0], left)
+    # the training augmentation, many draws: masks always aligned with the surviving boxes
+    ds.transform = build_transform("train", 64)
+    ds.transform.set_random_seed(0)
+    for _ in range(150):
+        _check_aligned(ds[0])
+
+
+def test_boxes_are_scaled_from_the_release_frame(tmp_path):
+    from tests.data.test_nih import write_release
+
+    root = write_release(tmp_path / "nih", lists=False)
+    (root / "images").mkdir()
+    for name in ("00000001_000.png", "00000001_001.png", "00000002_000.png",
+                 "00000003_000.png"):
+        cv2.imwrite(str(root / "images" / name), np.zeros((256, 256), np.uint8))
+    # a 256² copy of the 1024² release: boxes (in the release's pixels) shrink 4×
+    meta = load_metadata(root)
+    split = meta.split_of["00000001_000.png"]
+    ds = ChestXray14(root, split=split)
+    item = next(ds[i] for i in range(len(ds)) if ds.records[i].name == "00000001_000.png")
+    assert item["boxes"].tolist() == [[1.0, 2.5, 5.0, 77.5, 55.0]]  # (10, 20, 310, 220) / 4
+    # the same from a 128² cache: / 8
+    prepare_cache(root, 128, workers=1, progress=False)
+    ds = ChestXray14(root, split=split, image_size=128)
+    item = next(ds[i] for i in range(len(ds)) if ds.records[i].name == "00000001_000.png")
+    assert ds.cache is not None and item["boxes"].tolist() == [[1.0, 1.25, 2.5, 38.75, 27.5]]
+    # boxes drawn on the files as they are
+    own = ChestXray14(root, split=split, box_frame="image", use_cache=False)
+    item = next(own[i] for i in range(len(own)) if own.records[i].name == "00000001_000.png")
+    assert item["boxes"].tolist() == [[1.0, 10.0, 20.0, 256.0, 220.0]]  # clipped to the film
+    with pytest.raises(ValueError, match=r"`box_frame` must be None, 'image'"):
+        ChestXray14(root, split=split, box_frame=0)
+
+
+def test_cached_pixels_equal_the_png_pixels(synth_root, tmp_path):
+    index = prepare_cache(synth_root, 96, cache_dir=tmp_path / "c", workers=1, progress=False)
+    cache = ImageCache(index)
+    for record in load_metadata(synth_root).records[:20]:
+        from wsloc.data import read_image
+
+        np.testing.assert_array_equal(cache.get(record.name),
+                                      read_image(synth_root / "images" / record.name))

@@ -146,3 +146,29 @@ def test_class_order_is_the_papers():
     assert CLASSES[:8] == ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass",
                            "Nodule", "Pneumonia", "Pneumothorax")
     assert len(CLASSES) == 14 and CLASSES[-1] == "Hernia"
+
+
+def test_a_repeated_row_is_read_once(tmp_path):
+    # an identical repeat is dropped with a warning naming file, lines and image
+    root = write_release(tmp_path / "a", rows=ROWS + [ROWS[2]])
+    with pytest.warns(UserWarning, match=r"Data_Entry_2017_v2020.csv:6: dropped an identical "
+                                         r"repeat of Image Index '00000002_000.png' \(first at "
+                                         r"line 4\)"):
+        records = read_data_entry(root / "Data_Entry_2017_v2020.csv")
+    assert [r.name for r in records] == [row.split(",")[0] for row in ROWS]
+    # a repeat with other values is a conflict: an error, or with skip the first row wins
+    conflict = ROWS[2].replace(",81,F,", ",82,F,")
+    root = write_release(tmp_path / "b", rows=ROWS + [conflict])
+    with pytest.raises(MetadataError, match=r":6: Image Index '00000002_000.png' repeats line "
+                                            r"4 with different values"):
+        read_data_entry(root / "Data_Entry_2017_v2020.csv")
+    with pytest.warns(UserWarning, match="dropped a conflicting repeat"):
+        records = read_data_entry(root / "Data_Entry_2017_v2020.csv", on_error="skip")
+    assert [r.age for r in records if r.name == "00000002_000.png"] == [81]
+    # the same rule for BBox_List: an identical box row once; two different boxes both kept
+    bbox = root / "BBox_List_2017.csv"
+    bbox.write_text(bbox.read_text() + "00000001_000.png,Cardiomegaly,10,20,300,200\n"
+                    "00000001_000.png,Cardiomegaly,11,20,300,200\n")
+    with pytest.warns(UserWarning, match=r"BBox_List_2017.csv:4: dropped an identical repeat"):
+        boxes = read_bbox_list(bbox)
+    assert [(b.x1, b.y1) for b in boxes["00000001_000.png"]] == [(10, 20), (11, 20)]

@@ -37,6 +37,7 @@ class ImageCache:
                              "run `wsloc prepare` again")
         self.size = int(info["size"])
         self.array_path = self.index_path.with_suffix(".u8")
+        self.rows = len(info["names"])  # the array's length, whatever the names hold
         self.row = {n: i for i, (n, ok) in enumerate(zip(info["names"], info["ok"])) if ok}
         self.disk_size = {n: tuple(s) for n, s in zip(info["names"], info["disk_size"])}
         self._array: np.memmap | None = None
@@ -62,10 +63,10 @@ class ImageCache:
     def get(self, name: str) -> np.ndarray:
         """The cached image as float32 [S, S] in [0, 1]."""
         if self._array is None:
-            n = len(self.disk_size)
             self._array = np.memmap(self.array_path, dtype=np.uint8, mode="r",
-                                    shape=(n, self.size, self.size))
-        return self._array[self.row[name]].astype(np.float32) * (1.0 / 255.0)
+                                    shape=(max(self.rows, 1), self.size, self.size))
+        # divided as read_image divides, so a cached pixel equals the PNG's to the bit
+        return self._array[self.row[name]].astype(np.float32) / 255.0
 
     def __getstate__(self):  # never pickle an open memory map into a worker
         state = self.__dict__.copy()

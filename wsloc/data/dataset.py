@@ -59,7 +59,15 @@ class ChestXray14(torch.utils.data.Dataset):
         on_error: ``"raise"`` (default): a listed image missing on disk, or one that cannot be
             read, raises naming the file. ``"skip"``: missing images are dropped at start with
             one warning line per file and a count; an unreadable image met while loading is
-            reported once and the next item is returned in its place.
+            reported once and the nearest readable item after it (before it, at the end of
+            the split) is returned in its place. Indices outside the split raise
+            ``IndexError`` (negative ones count from the end, as for a list).
+        box_frame: the (width, height) the box file's coordinates refer to; boxes are scaled
+            from it to each image as loaded. ``None`` (default): the root's own
+            (:func:`wsloc.data.nih.box_frame_of`: 1024×1024 for the NIH release, so a resized
+            copy of it gets correctly scaled boxes). An int for a square frame.
+            ``"image"``: each image's own on-disk pixels (a dataset of your own whose boxes
+            were drawn on the files as they are).
     """
 
     def __init__(
@@ -76,6 +84,7 @@ class ChestXray14(torch.utils.data.Dataset):
         use_cache: bool = True,
         cache_dir: str | os.PathLike | None = None,
         return_masks: bool = False,
+        box_frame: int | tuple[int, int] | str | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"`split` must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -93,6 +102,7 @@ class ChestXray14(torch.utils.data.Dataset):
         self.return_masks = return_masks
         self.meta = load_metadata(self.root, val_fraction=val_fraction, seed=seed,
                                   on_error=on_error)
+        self.box_frame = _box_frame(box_frame, self.meta.box_frame)
         self.cache = ImageCache.find(self.root, image_size, cache_dir) if use_cache else None
         records = [r for r in self.meta.by_split(split) if views is None or r.view in views]
         missing = [r.name for r in records
@@ -125,18 +135,32 @@ class ChestXray14(torch.utils.data.Dataset):
         return out
 
     def _load(self, name: str) -> tuple[np.ndarray, float, float]:
-        """The image and the factors that take on-disk box coordinates onto it."""
+        """The image and the factors that take the box file's coordinates onto it."""
         if self.cache is not None and name in self.cache:
-            h, w = self.cache.disk_size[name]
-            return self.cache.get(name), self.cache.size / w, self.cache.size / h
-        path = self.meta.paths[name]
-        if path is None:
-            raise FileNotFoundError(f"{self.root}: image {name} is listed but not on disk")
-        return read_image(path), 1.0, 1.0
+            image = self.cache.get(name)
+            frame_h, frame_w = (self.cache.disk_size[name] if self.box_frame == "image"
+                                else self.box_frame[::-1])
+        else:
+            path = self.meta.paths[name]
+            if path is None:
+                raise FileNotFoundError(f"{self.root}: image {name} is listed but not on disk")
+            image = read_image(path)
+            frame_h, frame_w = (image.shape if self.box_frame == "image"
+                                else self.box_frame[::-1])
+        return image, image.shape[1] / frame_w, image.shape[0] / frame_h
 
     def __getitem__(self, index: int) -> dict:
-        for attempt in range(len(self.records)):
-            record = self.records[(index + attempt) % len(self.records)]
+        n = len(self.records)
+        if not isinstance(index, (int, np.integer)):
+            raise TypeError(f"dataset indices must be integers, got {type(index).__name__}")
+        if not -n <= index < n:
+            raise IndexError(f"index {index} is out of range for the {self.split} split "
+                             f"({n} images)")
+        index = int(index) % n
+        # an unreadable film is replaced by the nearest readable one after it, else before
+        # it: always an item of this split, never a wrap-around
+        for i in [*range(index, n), *range(index - 1, -1, -1)]:
+            record = self.records[i]
             try:
                 return self._item(record)
             except (ImageReadError, FileNotFoundError) as err:
@@ -164,9 +188,12 @@ class ChestXray14(torch.utils.data.Dataset):
                 masks.append(self._mask(record.name, box.label, (h, w)))
         if self.transform is not None:
             extra = {"masks": masks} if masks else {}
-            out = self.transform(image=image, bboxes=boxes, box_labels=box_labels, **extra)
+            # box_ids ride along with the boxes, so the masks of the boxes a transform keeps
+            # are known (albumentations drops boxes but keeps every mask)
+            out = self.transform(image=image, bboxes=boxes, box_labels=box_labels,
+                                 box_ids=list(range(len(boxes))), **extra)
             image, boxes, box_labels = out["image"], out["bboxes"], out["box_labels"]
-            masks = out.get("masks", masks)
+            masks = [out["masks"][int(i)] for i in out["box_ids"]] if masks else masks
         labels = torch.zeros(len(self.classes))
         for label in record.labels:
             if label in self.class_index:
@@ -181,12 +208,10 @@ class ChestXray14(torch.utils.data.Dataset):
             "view": record.view, "age": -1 if record.age is None else record.age,
             "sex": record.sex,
         }
-        if self.return_masks:
-            # masks whose boxes a transform dropped are dropped with them
+        if self.return_masks:  # aligned with boxes: a dropped box's mask went with it
             item["masks"] = (torch.from_numpy(np.stack([np.asarray(m) for m in masks]))
-                             if len(masks) == len(boxes) and len(boxes)
-                             else torch.zeros((len(boxes), *item["image"].shape[1:]),
-                                              dtype=torch.uint8))
+                             if len(boxes) else
+                             torch.zeros((0, *item["image"].shape[1:]), dtype=torch.uint8))
         return item
 
     def _mask(self, name: str, label: str, shape: tuple[int, int]) -> np.ndarray:
@@ -199,6 +224,20 @@ class ChestXray14(torch.utils.data.Dataset):
         if mask.shape != shape:
             mask = cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
         return (mask > 127).astype(np.uint8)
+
+
+def _box_frame(value, default: tuple[int, int]) -> tuple[int, int] | str:
+    if value is None:
+        return default
+    if value == "image":
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        return int(value[0]), int(value[1])
+    raise ValueError(f"`box_frame` must be None, 'image', a positive int or (width, height), "
+                     f"got {value!r}")
 
 
 def collate(batch: list[dict]) -> dict:

@@ -24,7 +24,8 @@ import numpy as np
 __all__ = [
     "CLASSES", "CHESTXRAY8_CLASSES", "Record", "Box", "Metadata", "MetadataError",
     "find_data_entry", "read_data_entry", "read_bbox_list", "read_split_list",
-    "index_images", "load_metadata", "split_patients", "check_image_name",
+    "index_images", "load_metadata", "split_patients", "check_image_name", "box_frame_of",
+    "NIH_BOX_FRAME",
 ]
 
 CLASSES = (
@@ -38,6 +39,9 @@ LABEL_ALIASES = {"Infiltrate": "Infiltration"}
 DATA_ENTRY_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
 BBOX_NAME = "BBox_List_2017.csv"
 SPLIT_NAMES = {"train_val": "train_val_list.txt", "test": "test_list.txt"}
+# BBox_List_2017.csv's boxes are in the pixels of the released 1024×1024 PNGs (not in
+# OriginalImage[Width,Height], the size before NIH's downscale)
+NIH_BOX_FRAME = (1024, 1024)
 
 
 class MetadataError(ValueError):
@@ -112,11 +116,49 @@ def _malformed(path: Path, line: int, row: list[str], err: ValueError, on_error:
     warnings.warn(f"{path}:{line}: skipped malformed row ({err})", stacklevel=3)
 
 
+class _Repeats:
+    """The one rule for a row that repeats an earlier one, shared by every reader.
+
+    A row identical to an earlier one (same key, same content) is dropped with one warning
+    line naming the file, both lines and the key, and a count at the end. A row whose key
+    repeats with different content is a conflict: :class:`MetadataError` naming both lines,
+    or with ``on_error="skip"`` the repeat is dropped with a warning (the first row wins).
+    """
+
+    def __init__(self, path: Path, what: str, on_error: str) -> None:
+        self.path, self.what, self.on_error = path, what, on_error
+        self.first: dict = {}
+        self.dropped = 0
+
+    def keep(self, line: int, key, content) -> bool:
+        """True for a first occurrence; False (after warning or raising) for a repeat."""
+        if key not in self.first:
+            self.first[key] = (line, content)
+            return True
+        first_line, first_content = self.first[key]
+        if content != first_content and self.on_error != "skip":
+            raise MetadataError(f"{self.path}:{line}: {self.what} {key!r} repeats line "
+                                f"{first_line} with different values; remove one of them")
+        how = "an identical" if content == first_content else "a conflicting"
+        warnings.warn(f"{self.path}:{line}: dropped {how} repeat of {self.what} {key!r} "
+                      f"(first at line {first_line})", stacklevel=3)
+        self.dropped += 1
+        return False
+
+    def report(self) -> None:
+        if self.dropped:
+            warnings.warn(f"{self.path}: dropped {self.dropped} repeated row(s) in all",
+                          stacklevel=3)
+
+
 def read_data_entry(path: Path, on_error: str = "raise") -> list[Record]:
     """Parse Data_Entry_2017(_v2020).csv. A malformed row raises :class:`MetadataError`
-    (file and line named), or with ``on_error="skip"`` is skipped with a warning."""
+    (file and line named), or with ``on_error="skip"`` is skipped with a warning. An image
+    listed twice: an identical repeat is dropped with a warning; a conflicting one raises
+    (see :class:`_Repeats`), so every reader of the file sees each image once."""
     records: list[Record] = []
     skipped = 0
+    repeats = _Repeats(path, "Image Index", on_error)
     for line, row in _data_rows(path, "Image Index,Finding Labels,..."):
         try:
             if row and row[-1] == "" and len(row) == 12:  # Data_Entry_2017.csv's trailing comma
@@ -129,24 +171,30 @@ def read_data_entry(path: Path, on_error: str = "raise") -> list[Record]:
             unknown = [s for s in labels if s not in CLASSES and s != NO_FINDING]
             if unknown:
                 raise ValueError(f"unknown finding label(s) {unknown}")
-            records.append(Record(
+            record = Record(
                 name=name, labels=tuple(s for s in labels if s != NO_FINDING),
                 follow_up=int(row[2]), patient=int(row[3]), age=_age(row[4]),
                 sex=row[5].strip(), view=row[6].strip().upper(),
                 width=int(float(row[7])), height=int(float(row[8])),
                 spacing=(float(row[9]), float(row[10])),
-            ))
+            )
         except ValueError as err:
             _malformed(path, line, row, err, on_error)
             skipped += 1
+            continue
+        if repeats.keep(line, name, record):
+            records.append(record)
+    repeats.report()
     if skipped:
         warnings.warn(f"{path}: skipped {skipped} malformed row(s) in all", stacklevel=2)
     return records
 
 
 def read_bbox_list(path: Path, on_error: str = "raise") -> dict[str, list[Box]]:
-    """Parse BBox_List_2017.csv into {image name: [Box(label, x1, y1, x2, y2)]}."""
+    """Parse BBox_List_2017.csv into {image name: [Box(label, x1, y1, x2, y2)]}. A row that
+    repeats an earlier one exactly (image, finding and box) is dropped with a warning."""
     boxes: dict[str, list[Box]] = {}
+    repeats = _Repeats(path, "box", on_error)
     for line, row in _data_rows(path, "Image Index,Finding Label,Bbox [x,y,w,h],,,"):
         try:
             if len(row) < 6 or any(cell.strip() for cell in row[6:]):
@@ -158,9 +206,13 @@ def read_bbox_list(path: Path, on_error: str = "raise") -> dict[str, list[Box]]:
             x, y, w, h = (float(v) for v in row[2:6])
             if not (w > 0 and h > 0) or not all(np.isfinite([x, y, w, h])):
                 raise ValueError(f"box must have positive width and height, got {x, y, w, h}")
-            boxes.setdefault(name, []).append(Box(label, x, y, x + w, y + h))
+            box = Box(label, x, y, x + w, y + h)
         except ValueError as err:
             _malformed(path, line, row, err, on_error)
+            continue
+        if repeats.keep(line, (name, label, x, y, w, h), box):
+            boxes.setdefault(name, []).append(box)
+    repeats.report()
     return boxes
 
 
@@ -202,16 +254,34 @@ def split_patients(patients: list[int], fractions: tuple[float, ...], seed: int)
 @dataclass
 class Metadata:
     """Everything in the release's metadata, joined: records with their boxes, the split of
-    each image, and where each image lies on disk (None when it is missing)."""
+    each image, where each image lies on disk (None when it is missing), and ``box_frame``
+    (width, height): the image size the boxes' pixel coordinates refer to."""
 
     root: Path
     records: list[Record]
     split_of: dict[str, str]
     paths: dict[str, Path | None]
     official_split: bool
+    box_frame: tuple[int, int] = NIH_BOX_FRAME
 
     def by_split(self, split: str) -> list[Record]:
         return [r for r in self.records if self.split_of[r.name] == split]
+
+
+def box_frame_of(root: Path) -> tuple[int, int]:
+    """The (width, height) the root's box coordinates are in: 1024×1024 for the NIH release
+    (whatever size its images were resized to since); a synthetic set records its own size
+    in ``synth.json``."""
+    info_path = root / "synth.json"
+    if not info_path.is_file():
+        return NIH_BOX_FRAME
+    import json
+
+    try:
+        size = int(json.loads(info_path.read_text())["size"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise MetadataError(f"{info_path}: cannot read the set's image size ({err})") from err
+    return size, size
 
 
 def load_metadata(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0,
@@ -263,4 +333,4 @@ def load_metadata(root: str | os.PathLike, val_fraction: float = 0.1, seed: int 
                                 "val" if r.patient in val else "test")
     on_disk = index_images(root)
     paths = {r.name: on_disk.get(r.name) for r in records}
-    return Metadata(root, records, split_of, paths, official)
+    return Metadata(root, records, split_of, paths, official, box_frame_of(root))

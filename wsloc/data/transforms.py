@@ -1,21 +1,23 @@
 """albumentations pipelines for training and evaluation; boxes follow every resize and crop.
 
 A pipeline takes ``image`` (float32 [H, W] in [0, 1]), ``bboxes`` (pascal_voc: x1, y1, x2, y2
-in pixels) and ``box_labels``, and optionally ``masks``. Pick one by name in the config.
+in pixels), ``box_labels`` and ``box_ids`` (any per-box values carried along: the dataset
+passes each box's index, to keep the masks of the boxes that survive), and optionally
+``masks``. Pick one by name in the config.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["PIPELINES", "build_transform"]
+__all__ = ["PIPELINES", "Pipeline", "build_transform"]
 
 
 def _bbox_params():
     import albumentations as A
 
     # boxes are clipped to the image; a box pushed mostly outside by an affine is dropped
-    return A.BboxParams(format="pascal_voc", label_fields=["box_labels"], clip=True,
+    return A.BboxParams(format="pascal_voc", label_fields=["box_labels", "box_ids"], clip=True,
                         min_visibility=0.3)
 
 
@@ -48,6 +50,25 @@ def _train_flip(size: int):
     ], bbox_params=_bbox_params())
 
 
+class Pipeline:
+    """An albumentations ``Compose`` whose ``box_ids`` default to each box's index, so a
+    caller that does not track boxes need not pass them; ``box_ids`` in the output say which
+    input boxes survived (and so which masks belong to them)."""
+
+    def __init__(self, compose) -> None:
+        self.compose = compose
+
+    def __call__(self, **data):
+        data.setdefault("box_ids", list(range(len(data.get("bboxes", ())))))
+        return self.compose(**data)
+
+    def set_random_seed(self, seed: int) -> None:
+        self.compose.set_random_seed(seed)
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.compose!r})"
+
+
 PIPELINES: dict[str, Callable] = {"eval": _eval, "train": _train, "train_flip": _train_flip}
 
 
@@ -58,4 +79,4 @@ def build_transform(name: str, size: int):
         raise ValueError(f"unknown transform {name!r}; choose one of {', '.join(PIPELINES)}")
     if not isinstance(size, int) or size < 8:
         raise ValueError(f"transform `size` must be an int >= 8, got {size!r}")
-    return PIPELINES[name](size)
+    return Pipeline(PIPELINES[name](size))
