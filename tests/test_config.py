@@ -44,3 +44,18 @@ def test_unknown_keys_are_errors(tmp_path):
         load_config(bad)
     with pytest.raises(FileNotFoundError, match=r"config not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epochs=-1", r"train.epochs must be an int >= 1, got -1"),
+    ("train.epochs=0", r"train.epochs must be an int >= 1, got 0"),
+    ("train.batch_size=0", r"train.batch_size must be an int >= 1"),
+    ("train.lr=0", r"train.lr must be a number > 0, got 0.0"),
+    ("data.image_size=abc", r"data.image_size must be an int >= 32, got 'abc'"),
+    ("data.num_workers=-2", r"data.num_workers must be an int >= 0"),
+    ("data.val_fraction=0.9", r"data.val_fraction must be a number in \[0, 0.8\)"),
+    ("model.r=-1", r"model.r must be a number > 0"),
+])
+def test_impossible_values_are_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])

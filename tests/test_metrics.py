@@ -30,3 +30,11 @@ def test_degenerate_class_is_nan_with_a_warning():
     assert mean_auc(aucs) == aucs[0] and np.isnan(mean_auc(np.array([np.nan])))
     with pytest.raises(ValueError, match=r"\[N, C\]"):
         compute_auc(np.zeros((3, 2)), np.zeros((3, 1)))
+
+
+def test_nan_scores_name_the_class():
+    scores = np.random.default_rng(0).random((20, 3))
+    labels = (scores > 0.5).astype(float)
+    scores[4, 1] = np.nan
+    with pytest.raises(ValueError, match=r"scores of Cardiomegaly contain NaN"):
+        compute_auc(scores, labels, ["Atelectasis", "Cardiomegaly", "Effusion"])

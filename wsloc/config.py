@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "dump"]
+__all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "check_values", "dump"]
 
 DEFAULTS: dict = {
     "data": {
@@ -110,6 +110,41 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
     return cfg
 
 
+# (section, key): (rule, test) for values no run can use
+_RULES = {
+    ("train", "epochs"): ("an int >= 1", lambda v: _int(v) and v >= 1),
+    ("train", "batch_size"): ("an int >= 1", lambda v: _int(v) and v >= 1),
+    ("train", "lr"): ("a number > 0", lambda v: _num(v) and v > 0),
+    ("train", "weight_decay"): ("a number >= 0", lambda v: _num(v) and v >= 0),
+    ("train", "momentum"): ("a number in [0, 1)", lambda v: _num(v) and 0 <= v < 1),
+    ("train", "seed"): ("an int >= 0", lambda v: _int(v) and v >= 0),
+    ("data", "image_size"): ("an int >= 32", lambda v: _int(v) and v >= 32),
+    ("data", "num_workers"): ("an int >= 0", lambda v: _int(v) and v >= 0),
+    ("data", "val_fraction"): ("a number in [0, 0.8)", lambda v: _num(v) and 0 <= v < 0.8),
+    ("data", "split_seed"): ("an int >= 0", lambda v: _int(v) and v >= 0),
+    ("model", "transition_channels"): ("an int >= 1", lambda v: _int(v) and v >= 1),
+    ("model", "r"): ("a number > 0", lambda v: _num(v) and v > 0),
+}
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+
+def check_values(cfg: dict) -> dict:
+    """Refuse values no run can use (``train.epochs=-1``, ``train.lr=0``, ...), naming the
+    key, the rule and the value."""
+    for (section, key), (rule, ok) in _RULES.items():
+        value = cfg[section][key]
+        if not ok(value):
+            raise ConfigError(f"{section}.{key} must be {rule}, got {value!r}")
+    return cfg
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
     """DEFAULTS, updated by the YAML file at ``path`` (``configs/demo.yaml`` is the default
     run's), then by ``overrides``."""
@@ -125,7 +160,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
         _merge(cfg, loaded, str(path))
-    return apply_overrides(cfg, list(overrides or []))
+    return check_values(apply_overrides(cfg, list(overrides or [])))
 
 
 def dump(cfg: dict) -> str:

@@ -13,13 +13,20 @@ __all__ = ["compute_auc", "mean_auc"]
 def compute_auc(scores: np.ndarray, labels: np.ndarray,
                 classes: Sequence[str] | None = None) -> np.ndarray:
     """ROC AUC per class for ``scores`` and ``labels`` [N, C]. A class whose labels are all one
-    value has no AUC: NaN, with a warning naming it."""
+    value has no AUC: NaN, with a warning naming it. NaN or infinite scores are an error
+    naming the class (a diverged model), never scikit-learn's own message."""
     from sklearn.metrics import roc_auc_score
 
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     if scores.shape != labels.shape or scores.ndim != 2:
         raise ValueError(f"scores and labels must both be [N, C], got {scores.shape} and "
                          f"{labels.shape}")
+    finite = np.isfinite(scores).all(0)
+    if not finite.all():
+        names = [classes[c] if classes is not None else f"class {c}"
+                 for c in np.flatnonzero(~finite)]
+        raise ValueError(f"scores of {', '.join(names)} contain NaN or infinity (has the model "
+                         "diverged?)")
     out = np.full(scores.shape[1], np.nan)
     for c in range(scores.shape[1]):
         if len(np.unique(labels[:, c])) < 2:

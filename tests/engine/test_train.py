@@ -134,3 +134,59 @@ def test_two_processes_match_one(cache):
     h1 = load_checkpoint(one / "last.pt")["history"]
     h2 = load_checkpoint(cache / "two" / "last.pt")["history"]
     assert h1[-1]["val_mean_auc"] == pytest.approx(h2[-1]["val_mean_auc"], abs=1e-3)
+
+
+def _one_film_dataset(cfg):
+    """The train split with every record replaced by its first: any difference between two
+    loaders' batches can only come from augmentation."""
+    from wsloc.engine.evaluate import data_root_of, make_dataset
+
+    ds = make_dataset(cfg, data_root_of(cfg, progress=False), "train", "train")
+    ds.records = [ds.records[0]] * 16
+    return ds
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_each_rank_draws_its_own_augmentations(cache, workers):
+    from wsloc.engine.distributed import Dist
+    from wsloc.engine.train import _start_epoch, _train_loader
+
+    cfg = load_config(None, TINY + [f"data.num_workers={workers}"])
+
+    def first_batch(rank, epoch=0):
+        ds = _one_film_dataset(cfg)
+        loader = _train_loader(ds, cfg, Dist(rank=rank, world=2))
+        _start_epoch(loader, cfg["train"]["seed"], rank, epoch)
+        return next(iter(loader))["image"]
+
+    rank0, rank1 = first_batch(0), first_batch(1)
+    assert not torch.equal(rank0, rank1)  # two ranks: two augmentation streams
+    assert torch.equal(rank0, first_batch(0))  # a resumed rank 0 repeats its own stream
+    assert not torch.equal(rank0, first_batch(0, epoch=1))  # and each epoch is new
+
+
+def test_without_validation_best_is_the_last_epoch(cache, capsys):
+    run = train(load_config(None, TINY + ["data.val_fraction=0"]), out=cache / "run",
+                progress=False)
+    out = capsys.readouterr().out
+    assert "no validation images" in out and "best.pt = last" in out
+    best, last = load_checkpoint(run / "best.pt"), load_checkpoint(run / "last.pt")
+    assert best["epoch"] == last["epoch"] == 2
+    for key in last["model"]:
+        assert torch.equal(best["model"][key], last["model"][key])
+    with pytest.warns(UserWarning):  # the tiny test split lacks some findings
+        assert evaluate(run / "best.pt", progress=False)["images"] > 0
+
+
+def test_nan_validation_scores_are_a_divergence(cache, monkeypatch):
+    real = evaluate_mod.predict
+
+    def nan_scores(*args, **kwargs):
+        scores, labels = real(*args, **kwargs)
+        scores[:, 2] = np.nan
+        return scores, labels
+
+    monkeypatch.setattr("wsloc.engine.train.predict", nan_scores)
+    with pytest.raises(FloatingPointError, match=r"epoch 1: the model has diverged: its "
+                                                 r"validation scores for Effusion are NaN"):
+        train(load_config(None, TINY), out=cache / "run", progress=False)

@@ -24,9 +24,48 @@ from wsloc.models import build_model
 __all__ = ["train"]
 
 
+def augmentation_seed(seed: int, rank: int, epoch: int) -> int:
+    """The seed of one rank's augmentations in one epoch: derived from the run's seed alone,
+    so a resumed run repeats them exactly, and different on every rank, so N processes see
+    N different augmentation streams (not N copies of one)."""
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
+
+
+def _train_loader(train_ds, cfg: dict, d: Dist):
+    """The training DataLoader of this rank; its generator is seeded per epoch by
+    :func:`_start_epoch`."""
+    t, workers = cfg["train"], cfg["data"]["num_workers"]
+    sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=d.world, rank=d.rank,
+                                                  shuffle=True, seed=t["seed"])
+    return torch.utils.data.DataLoader(
+        train_ds, batch_size=t["batch_size"] // d.world, sampler=sampler, num_workers=workers,
+        collate_fn=collate, worker_init_fn=_seed_worker if workers else None,
+        pin_memory=d.device.type == "cuda", generator=torch.Generator())
+
+
+def _start_epoch(loader, seed: int, rank: int, epoch: int) -> None:
+    """Shuffle for ``epoch`` (the same order on every rank's sampler) and seed this rank's
+    augmentations: workers derive theirs from the loader's generator; without workers the
+    pipeline is seeded here."""
+    loader.sampler.set_epoch(epoch)
+    loader.generator.manual_seed(augmentation_seed(seed, rank, epoch))
+    transform = getattr(loader.dataset, "transform", None)
+    if not loader.num_workers and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(int(torch.randint(2**31, (), generator=loader.generator)))
+
+
+def _check_scores(scores: np.ndarray, classes, epoch: int) -> None:
+    """Non-finite validation scores mean the model diverged: say so, naming epoch and class."""
+    bad = [c for c, ok in zip(classes, np.isfinite(scores).all(0)) if not ok]
+    if bad:
+        raise FloatingPointError(f"epoch {epoch}: the model has diverged: its validation "
+                                 f"scores for {', '.join(bad)} are NaN or infinite; lower "
+                                 "train.lr")
+
+
 def _seed_worker(_worker_id: int) -> None:
-    """Give each DataLoader worker its own augmentation stream, derived from torch's seed
-    (itself drawn from the main process's RNG, so a resumed run repeats it)."""
+    """Give each DataLoader worker its own augmentation stream, derived from the loader's
+    per-epoch, per-rank seed (see :func:`augmentation_seed`)."""
     info = torch.utils.data.get_worker_info()
     seed = info.seed % 2**32
     np.random.seed(seed)
@@ -95,13 +134,11 @@ def train(cfg: dict, out: str | Path | None = None, resume: str | Path | None = 
     train_ds = make_dataset(cfg, root, "train", cfg["data"]["train_transform"])
     val_ds = make_dataset(cfg, root, "val", cfg["data"]["eval_transform"])
     classes = train_ds.classes
-    sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=d.world, rank=d.rank,
-                                                  shuffle=True, seed=t["seed"])
     workers = cfg["data"]["num_workers"]
-    loader = torch.utils.data.DataLoader(
-        train_ds, batch_size=t["batch_size"] // d.world, sampler=sampler, num_workers=workers,
-        collate_fn=collate, worker_init_fn=_seed_worker if workers else None,
-        pin_memory=d.device.type == "cuda")
+    loader = _train_loader(train_ds, cfg, d)
+    if d.main and len(val_ds) == 0:
+        print("no validation images (data.val_fraction=0?): best.pt is the last epoch",
+              flush=True)
 
     model = build_model(cfg["model"], len(classes)).to(d.device)
     cuda = d.device.type == "cuda"
@@ -130,9 +167,7 @@ def train(cfg: dict, out: str | Path | None = None, resume: str | Path | None = 
 
     for epoch in range(start, t["epochs"]):
         began = time.perf_counter()
-        sampler.set_epoch(epoch)
-        if not workers and hasattr(train_ds.transform, "set_random_seed"):
-            train_ds.transform.set_random_seed(int(torch.randint(2**31, ()).item()))
+        _start_epoch(loader, t["seed"], d.rank, epoch)
         net.train()
         losses, seen = [], 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t['epochs']}", unit="batch",
@@ -158,6 +193,7 @@ def train(cfg: dict, out: str | Path | None = None, resume: str | Path | None = 
                             img_s=f"{seen / (time.perf_counter() - began):.1f}")
         sched.step()
         scores, labels = predict(model, val_ds, d, t["batch_size"], workers, channels_last, amp)
+        _check_scores(scores, classes, epoch + 1)
         aucs = compute_auc(scores, labels, classes) if len(labels) else np.full(len(classes),
                                                                                 np.nan)
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
@@ -167,8 +203,11 @@ def train(cfg: dict, out: str | Path | None = None, resume: str | Path | None = 
                   "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - began}
         history.append(record)
         if d.main:
-            improved = np.isfinite(record["val_mean_auc"]) and record["val_mean_auc"] > best
-            best = record["val_mean_auc"] if improved else best
+            # without a validation AUC (no val split, or one class value only) the last
+            # epoch is the best one known
+            no_auc = not np.isfinite(record["val_mean_auc"])
+            improved = no_auc or record["val_mean_auc"] > best
+            best = best if no_auc or not improved else record["val_mean_auc"]
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
                      "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                      "epoch": epoch + 1, "best": best, "config": cfg, "classes": list(classes),
@@ -180,6 +219,7 @@ def train(cfg: dict, out: str | Path | None = None, resume: str | Path | None = 
                 f.write(json.dumps(record) + "\n")
             print(f"epoch {epoch + 1}/{t['epochs']}  loss {record['train_loss']:.4f}  "
                   f"val mean AUC {record['val_mean_auc']:.4f}{'  (best)' if improved else ''}"
+                  f"{'  (no val AUC: best.pt = last)' if no_auc else ''}"
                   f"  {record['seconds']:.0f} s", flush=True)
         d.barrier()
     return run_dir
