@@ -12,7 +12,8 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "check_values", "dump"]
+__all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "check_values", "dump",
+           "find_config", "shipped_configs"]
 
 DEFAULTS: dict = {
     "data": {
@@ -145,14 +146,40 @@ def check_values(cfg: dict) -> dict:
     return cfg
 
 
+def shipped_configs() -> Path | None:
+    """The folder of the configs that come with wsloc: ``wsloc/configs/`` in an installed
+    wheel, the repository's ``configs/`` in a source checkout (editable install)."""
+    here = Path(__file__).resolve().parent
+    if (here / "configs").is_dir():
+        return here / "configs"
+    if (here.parent / "pyproject.toml").is_file() and (here.parent / "configs").is_dir():
+        return here.parent / "configs"
+    return None
+
+
+def find_config(name: str | Path) -> Path:
+    """A config file: ``name`` as a path when it exists, else a shipped config by name
+    (``chestxray8_resnet50_lse`` or ``chestxray8_resnet50_lse.yaml``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    folder = shipped_configs()
+    shipped = sorted(p.stem for p in folder.glob("*.yaml")) if folder else []
+    if path.parent == Path(".") and folder is not None:
+        for candidate in (folder / path.name, folder / f"{path.name}.yaml"):
+            if candidate.is_file():
+                return candidate
+    raise FileNotFoundError(f"config not found: {name} (neither a file nor a shipped config; "
+                            f"shipped: {', '.join(shipped) or 'none'})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
-    """DEFAULTS, updated by the YAML file at ``path`` (``configs/demo.yaml`` is the default
-    run's), then by ``overrides``."""
+    """DEFAULTS, updated by the YAML file at ``path`` (a path, or the name of a shipped
+    config: see :func:`find_config`; ``configs/demo.yaml`` is the default run's), then by
+    ``overrides``."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config not found: {path}")
+        path = find_config(path)
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
