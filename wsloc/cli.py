@@ -70,6 +70,50 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _heatmap(args: argparse.Namespace) -> int:
+    from wsloc.engine.heatmap import run_heatmap
+
+    summary = run_heatmap(args.checkpoint, args.inputs, args.out, batch_size=args.batch_size,
+                          min_probability=args.min_probability, all_classes=args.all_classes,
+                          save_maps=args.save_maps, thresholds=args.thresholds,
+                          device=args.device)
+    print(f"{summary['images']} film(s), {summary['boxes']} box(es): {args.out}/boxes.json, "
+          f"{args.out}/overlays/")
+    for path, why in summary["failed"]:
+        print(f"failed: {path}: {why}", file=sys.stderr)
+    if summary["failed"]:
+        print(f"{len(summary['failed'])} input(s) could not be read (listed in "
+              f"{args.out}/failed.txt)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _score_boxes(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from wsloc.engine.score import score_boxes
+    from wsloc.report import json_ready, localization_tables, write_metrics
+
+    scores = score_boxes(args.pred, args.gt, args.images)
+    doc = json_ready(scores)
+    tables = localization_tables(scores, "pred")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(tables)
+        print(f"\n{scores['films']} film(s) scored; {scores['films_without_predictions']} of "
+              "them without any predicted box")
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and any(out.iterdir()):
+            raise FileExistsError(f"{out} exists and is not empty; choose a new --out")
+        out.mkdir(parents=True, exist_ok=True)
+        write_metrics(out / "localization.json", doc)
+        (out / "results.md").write_text(tables + "\n")
+    return 0
+
+
 def _bench_train(args: argparse.Namespace) -> int:
     from wsloc.bench import train
 
@@ -156,6 +200,41 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--split", default="test", choices=["train", "val", "test"])
     p_eval.add_argument("--out", help="default: eval-<split> beside the checkpoint")
     p_eval.set_defaults(func=_evaluate)
+
+    p_heat = sub.add_parser(
+        "heatmap", help="heatmaps, boxes and overlays for your own films (PNG/JPEG/DICOM)",
+        description="Localize findings on films with a trained ChestX-ray8 checkpoint: "
+                    "OUT/overlays/<name>.png, OUT/boxes.json (boxes in each film's own "
+                    "pixels), and with --save-maps the raw heatmaps as .npy. Unreadable "
+                    "inputs are listed and the rest processed; the exit code is 1 if any "
+                    "failed.")
+    p_heat.add_argument("--checkpoint", required=True, help="a best.pt or last.pt")
+    p_heat.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders")
+    p_heat.add_argument("--out", required=True, help="a new folder")
+    p_heat.add_argument("--min-probability", type=float, default=0.5,
+                        help="classes at or above it get heatmaps and boxes (default 0.5)")
+    p_heat.add_argument("--all-classes", action="store_true",
+                        help="every class gets its heatmap and boxes")
+    p_heat.add_argument("--thresholds", type=int, nargs="+", default=[60, 180],
+                        help="box thresholds on the [0, 255] heatmap (default: the paper's "
+                             "60 180)")
+    p_heat.add_argument("--save-maps", action="store_true", help="also write raw heatmaps")
+    p_heat.add_argument("--batch-size", type=int, default=16)
+    p_heat.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p_heat.set_defaults(func=_heatmap)
+
+    p_score = sub.add_parser(
+        "score-boxes", help="score any method's boxes by the paper's T(IoU)/T(IoBB) protocol",
+        description="Score PRED.json (the boxes.json format) against ground truth in NIH's "
+                    "BBox_List_2017.csv format: accuracy per finding at each T(IoU) and "
+                    "T(IoBB), AFP, and the pointing game when PRED holds heatmap peaks.")
+    p_score.add_argument("--pred", required=True, help="a boxes.json")
+    p_score.add_argument("--gt", required=True, help="a BBox_List_2017.csv")
+    p_score.add_argument("--images", help="score only the films listed here (e.g. "
+                                          "test_list.txt)")
+    p_score.add_argument("--json", action="store_true", help="print one JSON document")
+    p_score.add_argument("--out", help="also write localization.json and results.md here")
+    p_score.set_defaults(func=_score_boxes)
     return parser
 
 

@@ -39,6 +39,7 @@ DEFAULTS: dict = {
         "learn_r": False,
         "pool_on": "features",
         "freeze_bn": False,
+        "feature_stride": 32,
     },
     "train": {
         "epochs": 12,
@@ -125,6 +126,7 @@ _RULES = {
     ("data", "split_seed"): ("an int >= 0", lambda v: _int(v) and v >= 0),
     ("model", "transition_channels"): ("an int >= 1", lambda v: _int(v) and v >= 1),
     ("model", "r"): ("a number > 0", lambda v: _num(v) and v > 0),
+    ("model", "feature_stride"): ("8, 16 or 32", lambda v: v in (8, 16, 32)),
 }
 
 

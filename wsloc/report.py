@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PAPER_AUC", "write_metrics", "auc_table", "plot_roc"]
+__all__ = ["PAPER_AUC", "PAPER_LOCALIZATION", "write_metrics", "auc_table", "plot_roc",
+           "localization_tables", "json_ready", "overlay_png"]
 
 # Wang et al. (CVPR 2017), ResNet-50 with W-CEL: the 8-class ChestX-ray8 table, and the
 # 14-class ChestX-ray14 figures on the official patient-level split.
@@ -23,6 +24,61 @@ PAPER_AUC = {
          "Pleural_Thickening", "Hernia"),
         (.7003, .8100, .7585, .6614, .6933, .6687, .6580, .7993, .7032, .8052, .8330, .7859,
          .6835, .8717))),
+}
+_EIGHT = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule",
+          "Pneumonia", "Pneumothorax")
+
+
+def _rows(text: str) -> dict:
+    """{threshold: {finding: value}} from 'T: v v v v v v v v' lines."""
+    out = {}
+    for line in text.strip().splitlines():
+        t, values = line.split(":")
+        out[float(t)] = dict(zip(_EIGHT, (float(v) for v in values.split())))
+    return out
+
+
+# Wang et al. (CVPR 2017), the 8-class ResNet-50 model on the 984 NIH boxes: Table 4's
+# accuracy and AFP, and Appendix Table 7 (the 14-class model, T(IoBB) only).
+PAPER_LOCALIZATION = {
+    "8-class ResNet-50 (Wang et al. 2017)": {
+        "iobb": _rows("""0.1: .7277 .9931 .7124 .7886 .4352 .1645 .7500 .4591
+            0.25: .5500 .9794 .5424 .5772 .2823 .0506 .5583 .3469
+            0.5: .2833 .8767 .3333 .4227 .1411 .0126 .3833 .1836
+            0.75: .1666 .7260 .2418 .3252 .1176 .0126 .2583 .1020
+            0.9: .1333 .6849 .2091 .2520 .0588 .0126 .2416 .0816"""),
+        "iou": _rows("""0.1: .6888 .9383 .6601 .7073 .4000 .1392 .6333 .3775
+            0.2: .4722 .6849 .4509 .4796 .2588 .0506 .3500 .2346
+            0.3: .2444 .4589 .3006 .2764 .1529 .0379 .1666 .1326
+            0.4: .0944 .2808 .2026 .1219 .0705 .0126 .0750 .0714
+            0.5: .0500 .1780 .1111 .0650 .0117 .0126 .0333 .0306
+            0.6: .0222 .0753 .0457 .0243 .0000 .0126 .0166 .0306
+            0.7: .0055 .0273 .0196 .0000 .0000 .0000 .0083 .0204"""),
+        "afp_iobb": _rows("""0.1: .8323 .3506 .7998 .5589 .6423 .6047 .9055 .4776
+            0.25: .9167 .4553 .8598 .6077 .6707 .6158 .9614 .5000
+            0.5: 1.0203 .5630 .9268 .6585 .6941 .6189 1.0132 .5285
+            0.75: 1.0619 .6616 .9603 .6921 .7043 .6199 1.0569 .5396
+            0.9: 1.0752 .7226 .9797 .7124 .7144 .6199 1.0732 .5437"""),
+        "afp_iou": _rows("""0.1: .8943 .5996 .8343 .6250 .6666 .6077 1.0203 .4949
+            0.2: .9827 .7205 .9096 .6849 .6941 .6158 1.0793 .5173
+            0.3: 1.0417 .7815 .9472 .7236 .7073 .6168 1.1067 .5325
+            0.4: 1.0783 .8140 .9705 .7489 .7164 .6189 1.1239 .5427
+            0.5: 1.0884 .8354 .9919 .7571 .7215 .6189 1.1291 .5478
+            0.6: 1.0935 .8506 1.0051 .7632 .7226 .6189 1.1321 .5478
+            0.7: 1.0965 .8577 1.0090 .7663 .7226 .6199 1.1331 .5488"""),
+    },
+    "14-class ResNet-50 (Wang et al. 2017, appendix)": {
+        "iobb": _rows("""0.1: .6222 1 .7974 .9106 .5882 .1519 .8583 .5204
+            0.25: .3944 .9863 .6339 .7967 .4588 .0506 .7083 .3367
+            0.5: .1944 .9452 .4183 .6504 .3058 0 .4833 .2653
+            0.75: .0889 .8151 .2287 .4390 .1647 0 .2917 .1735
+            0.9: .0722 .6507 .1373 .3577 .0941 0 .2333 .1224"""),
+        "afp_iobb": _rows("""0.1: .8293 .1768 .6148 .4919 .3933 .4685 .4360 .4543
+            0.25: .9319 .2042 .6880 .5447 .4288 .4786 .4959 .4857
+            0.5: .9979 .2785 .7652 .6006 .4604 .4827 .5630 .5030
+            0.75: 1.0285 .4045 .8222 .6697 .4827 .4827 .6169 .5243
+            0.9: 1.0356 .4837 .8445 .7043 .4939 .4827 .6331 .5346"""),
+    },
 }
 SHORT = {"Pleural_Thickening": "P.Thick", "Cardiomegaly": "Card", "Pneumothorax": "Pnth"}
 
@@ -53,8 +109,17 @@ def auc_table(classes: Sequence[str], aucs: Sequence[float], label: str) -> str:
     return "\n".join(rows)
 
 
-def write_metrics(path: str | Path, payload: dict) -> None:
-    Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+def json_ready(obj):
+    """``obj`` with float keys (thresholds) written as the tables write them ("0.25")."""
+    if isinstance(obj, dict):
+        return {(f"{k:g}" if isinstance(k, float) else k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    return obj
+
+
+def write_metrics(path: str | Path, payload) -> None:
+    Path(path).write_text(json.dumps(json_ready(payload), indent=2) + "\n")
 
 
 def plot_roc(path: str | Path, scores: np.ndarray, labels: np.ndarray,
@@ -79,3 +144,92 @@ def plot_roc(path: str | Path, scores: np.ndarray, labels: np.ndarray,
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def localization_tables(scores: dict, label: str) -> str:
+    """Markdown tables laid out like the paper's Table 4 (and Appendix Table 7): for each
+    T(IoBB) and T(IoU), our accuracy and AFP per finding, the paper's beside them; then the
+    pointing game. ``scores`` is :func:`wsloc.metrics.localization_scores`' result."""
+    found = list(scores["boxes"])
+
+    def fmt(v):
+        return "—" if v is None or not np.isfinite(v) else f"{v:.4f}"
+
+    parts = []
+    for kind, title in (("iobb", "T(IoBB)"), ("iou", "T(IoU)")):
+        head = (f"| {title} | | " + " | ".join(_short(c) for c in found) + " | mean |\n"
+                + "|---|---|" + "---|" * (len(found) + 1))
+        rows = [head]
+        for t, acc in scores[kind].items():
+            afp = scores[f"afp_{kind}"][t]
+            rows.append(f"| {t:g} | {label} Acc. | " + " | ".join(fmt(acc[c]) for c in found)
+                        + f" | {fmt(acc['mean'])} |")
+            rows.append(f"| | {label} AFP | " + " | ".join(fmt(afp[c]) for c in found)
+                        + f" | {fmt(afp['mean'])} |")
+            for name, paper in PAPER_LOCALIZATION.items():
+                for what, key in (("Acc.", kind), ("AFP", f"afp_{kind}")):
+                    row = paper.get(key, {}).get(float(t))
+                    if row is None:
+                        continue
+                    vals = [row.get(c) for c in found]
+                    known = [v for v in vals if v is not None]
+                    rows.append(f"| | {name} {what} | " + " | ".join(
+                        "—" if v is None else f"{v:.4f}" for v in vals)
+                        + f" | {fmt(np.mean(known)) if known else '—'} |")
+        parts.append("\n".join(rows))
+    if "pointing" in scores:
+        p = scores["pointing"]
+        parts.append("| pointing game | " + " | ".join(_short(c) for c in found)
+                     + " | mean |\n|---|" + "---|" * (len(found) + 1) + f"\n| {label} | "
+                     + " | ".join(fmt(p[c]) for c in found) + f" | {fmt(p['mean'])} |")
+    counts = ", ".join(f"{c} {n}" for c, n in scores["boxes"].items())
+    return ("\n\n".join(parts) + f"\n\nGround-truth boxes: {counts}. A box is localized when a "
+            "predicted box of its class on its film has IoU (IoBB) > T; AFP = predicted boxes "
+            "of a finding matching none of its boxes, per film that has one.")
+
+
+def overlay_png(path: str | Path, film: np.ndarray, loc, max_side: int = 384) -> None:
+    """One PNG a person reads at a glance: the film, then one panel per shown class with
+    its heatmap (JET, blended by heat), its boxes (thin: threshold 60, thick: the higher
+    thresholds), its name and probability. ``loc`` is a
+    :class:`wsloc.engine.localize.Localization` with heatmaps kept."""
+    import cv2
+
+    h, w = film.shape
+    scale = min(1.0, max_side / max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    gray = cv2.resize(np.clip(film * 255, 0, 255).astype(np.uint8), size,
+                      interpolation=cv2.INTER_AREA)
+    base = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    font, fs = cv2.FONT_HERSHEY_SIMPLEX, max(0.35, size[0] / 700)
+
+    def caption(img, text):
+        (tw, th), base_line = cv2.getTextSize(text, font, fs, 1)
+        cv2.rectangle(img, (0, 0), (tw + 8, th + base_line + 8), (0, 0, 0), -1)
+        cv2.putText(img, text, (4, th + 4), font, fs, (255, 255, 255), 1, cv2.LINE_AA)
+
+    first = base.copy()
+    caption(first, loc.image if loc.shown else f"{loc.image}: no finding shown")
+    panels = [first]
+    lowest = min((b["threshold"] for b in loc.boxes), default=None)
+    for j, label in enumerate(loc.shown):
+        heat = cv2.resize(loc.heatmaps[j], size, interpolation=cv2.INTER_LINEAR)
+        color = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8),
+                                  cv2.COLORMAP_JET)
+        alpha = (0.6 * heat)[..., None]
+        panel = (base * (1 - alpha) + color * alpha).astype(np.uint8)
+        for b in loc.boxes:
+            if b["class"] != label:
+                continue
+            p1 = (int(b["x1"] * scale), int(b["y1"] * scale))
+            p2 = (max(p1[0], int(b["x2"] * scale) - 1), max(p1[1], int(b["y2"] * scale) - 1))
+            thick = 1 if b["threshold"] == lowest else 2
+            cv2.rectangle(panel, p1, p2, (255, 255, 255) if thick == 1 else (0, 255, 0), thick)
+        caption(panel, f"{label} p={loc.probability(label):.2f}")
+        panels.append(panel)
+    gap = np.full((size[1], 4, 3), 255, np.uint8)
+    row = panels[0]
+    for p in panels[1:]:
+        row = np.concatenate([row, gap, p], axis=1)
+    if not cv2.imwrite(str(path), row):
+        raise OSError(f"cannot write {path}")

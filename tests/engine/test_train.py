@@ -11,7 +11,7 @@ from wsloc.cli import main
 from wsloc.config import load_config
 from wsloc.data.nih import load_metadata
 from wsloc.data.synthetic import ensure_synthetic
-from wsloc.engine import evaluate as evaluate_mod
+from wsloc.engine import common as common_mod
 from wsloc.engine.checkpoint import load_checkpoint
 from wsloc.engine.evaluate import evaluate
 from wsloc.engine.train import train
@@ -50,7 +50,7 @@ def test_resume_continues_exactly(cache, monkeypatch):
     full = train(cfg, out=cache / "full", progress=False)
 
     calls = {"n": 0}
-    real = evaluate_mod.predict
+    real = common_mod.predict
 
     def interrupt_in_epoch_2(*args, **kwargs):
         calls["n"] += 1
@@ -87,6 +87,22 @@ def test_evaluate_writes_metrics_roc_and_table(cache, capsys):
     table = (out / "results.md").read_text()
     assert "| ResNet-50, ChestX-ray8 (Wang et al. 2017) | 0.7069 | 0.8141 |" in table
     assert "| Atel | Card |" in table
+    # the split has boxes: the paper's localization protocol, its tables and boxes.json
+    assert "| T(IoBB) |" in table and "| T(IoU) |" in table and "| pointing game |" in table
+    assert "| | 8-class ResNet-50 (Wang et al. 2017) Acc. |" in table
+    loc = json.loads((out / "localization.json").read_text())
+    assert set(loc["iobb"]) == {"0.1", "0.25", "0.5", "0.75", "0.9"}
+    assert set(loc["iou"]) == {"0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7"}
+    # the same boxes scored by `wsloc score-boxes` give the same figures
+    root = next((cache / "cache" / "wsloc").glob("synthetic-*"))
+    capsys.readouterr()
+    assert main(["score-boxes", "--pred", str(out / "boxes.json"), "--gt",
+                 str(root / "BBox_List_2017.csv"), "--images", str(root / "test_list.txt"),
+                 "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    for kind in ("iou", "iobb", "afp_iou", "afp_iobb"):
+        assert again[kind] == loc[kind]
+    assert again["pointing"] == loc["pointing"]
     # evaluated again: a new folder, never over the first
     with pytest.warns(UserWarning):
         again = evaluate(run / "best.pt", progress=False)
@@ -139,7 +155,7 @@ def test_two_processes_match_one(cache):
 def _one_film_dataset(cfg):
     """The train split with every record replaced by its first: any difference between two
     loaders' batches can only come from augmentation."""
-    from wsloc.engine.evaluate import data_root_of, make_dataset
+    from wsloc.engine.common import data_root_of, make_dataset
 
     ds = make_dataset(cfg, data_root_of(cfg, progress=False), "train", "train")
     ds.records = [ds.records[0]] * 16
@@ -179,7 +195,7 @@ def test_without_validation_best_is_the_last_epoch(cache, capsys):
 
 
 def test_nan_validation_scores_are_a_divergence(cache, monkeypatch):
-    real = evaluate_mod.predict
+    real = common_mod.predict
 
     def nan_scores(*args, **kwargs):
         scores, labels = real(*args, **kwargs)

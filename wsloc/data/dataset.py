@@ -43,7 +43,8 @@ class ChestXray14(torch.utils.data.Dataset):
     ``labels`` Tensor[C] (1 where the finding is present; "No Finding" is all zeros);
     ``boxes`` Tensor[K, 5] of (class index, x1, y1, x2, y2) in the transformed image's pixels
     (boxes follow every resize and crop; boxes of classes outside ``classes`` are dropped);
-    ``id`` (the image name), ``patient``, ``view``, ``age`` (-1 if unknown), ``sex``; and with
+    ``id`` (the image name), ``patient``, ``view``, ``age`` (-1 if unknown), ``sex``,
+    ``frame`` (height, width of the box file's frame: the film heatmaps are mapped to); and with
     ``return_masks`` a ``masks`` Tensor[K, H, W] uint8 aligned with ``boxes`` (the synthetic
     set ships one mask per finding, in ``masks/<stem>__<Label>.png``).
 
@@ -134,8 +135,9 @@ class ChestXray14(torch.utils.data.Dataset):
                     out[i, self.class_index[label]] = 1.0
         return out
 
-    def _load(self, name: str) -> tuple[np.ndarray, float, float]:
-        """The image and the factors that take the box file's coordinates onto it."""
+    def _load(self, name: str) -> tuple[np.ndarray, float, float, tuple[int, int]]:
+        """The image, the factors that take the box file's coordinates onto it, and that
+        frame's (height, width)."""
         if self.cache is not None and name in self.cache:
             image = self.cache.get(name)
             frame_h, frame_w = (self.cache.disk_size[name] if self.box_frame == "image"
@@ -147,7 +149,8 @@ class ChestXray14(torch.utils.data.Dataset):
             image = read_image(path)
             frame_h, frame_w = (image.shape if self.box_frame == "image"
                                 else self.box_frame[::-1])
-        return image, image.shape[1] / frame_w, image.shape[0] / frame_h
+        return (image, image.shape[1] / frame_w, image.shape[0] / frame_h,
+                (int(frame_h), int(frame_w)))
 
     def __getitem__(self, index: int) -> dict:
         n = len(self.records)
@@ -172,7 +175,7 @@ class ChestXray14(torch.utils.data.Dataset):
         raise RuntimeError(f"{self.root}: no readable image in the {self.split} split")
 
     def _item(self, record) -> dict:
-        image, sx, sy = self._load(record.name)
+        image, sx, sy, frame = self._load(record.name)
         h, w = image.shape
         boxes, box_labels, masks = [], [], []
         for box in record.boxes:
@@ -206,7 +209,7 @@ class ChestXray14(torch.utils.data.Dataset):
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],
             "labels": labels, "boxes": box_t, "id": record.name, "patient": record.patient,
             "view": record.view, "age": -1 if record.age is None else record.age,
-            "sex": record.sex,
+            "sex": record.sex, "frame": frame,
         }
         if self.return_masks:  # aligned with boxes: a dropped box's mask went with it
             item["masks"] = (torch.from_numpy(np.stack([np.asarray(m) for m in masks]))

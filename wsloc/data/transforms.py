@@ -52,14 +52,17 @@ def _train_flip(size: int):
 
 class Pipeline:
     """An albumentations ``Compose`` whose ``box_ids`` default to each box's index, so a
-    caller that does not track boxes need not pass them; ``box_ids`` in the output say which
-    input boxes survived (and so which masks belong to them)."""
+    caller that does not track boxes need not pass them (nor any box, for an image alone);
+    ``box_ids`` in the output say which input boxes survived (and so which masks belong to
+    them)."""
 
     def __init__(self, compose) -> None:
         self.compose = compose
 
     def __call__(self, **data):
-        data.setdefault("box_ids", list(range(len(data.get("bboxes", ())))))
+        if "bboxes" not in data:  # an image alone (inference)
+            data.update(bboxes=[], box_labels=[])
+        data.setdefault("box_ids", list(range(len(data["bboxes"]))))
         return self.compose(**data)
 
     def set_random_seed(self, seed: int) -> None:

@@ -2,73 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from wsloc.boxes import PAPER_THRESHOLDS
 from wsloc.engine.checkpoint import load_checkpoint
-from wsloc.engine.distributed import Dist, gather_arrays, setup
+from wsloc.engine.common import data_root_of, make_dataset, predict
+from wsloc.engine.distributed import setup
 from wsloc.metrics import compute_auc, mean_auc
 from wsloc.models import build_model
 
-__all__ = ["evaluate", "predict", "make_dataset", "data_root_of"]
-
-
-def data_root_of(cfg: dict, d: Dist | None = None, progress: bool = True) -> Path:
-    """The config's data root, or the built-in synthetic set (generated once, by rank 0)."""
-    if cfg["data"]["root"] is not None:
-        return Path(cfg["data"]["root"])
-    from wsloc.data.synthetic import ensure_synthetic
-
-    d = d or Dist()
-    if d.main:
-        root = ensure_synthetic(**cfg["data"]["synthetic"], progress=progress)
-    d.barrier()
-    return root if d.main else ensure_synthetic(**cfg["data"]["synthetic"], progress=False)
-
-
-def make_dataset(cfg: dict, root: Path, split: str, transform: str):
-    from wsloc.data import ChestXray14
-    from wsloc.data.transforms import build_transform
-
-    c = cfg["data"]
-    size = c["image_size"]
-    return ChestXray14(root, split=split, classes=c["classes"], views=c["views"],
-                       transform=build_transform(transform, size), image_size=size,
-                       val_fraction=c["val_fraction"], seed=c["split_seed"],
-                       on_error=c["on_error"])
-
-
-@torch.no_grad()
-def predict(model, dataset, d: Dist, batch_size: int, workers: int, channels_last: bool = False,
-            amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid scores and labels [N, C] of ``dataset`` in its order; each rank scores its
-    share (rank::world) and the shares are gathered."""
-    from wsloc.data import collate
-
-    was_training = model.training
-    model.eval()
-    mine = list(range(d.rank, len(dataset), d.world))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, mine),
-                                         batch_size=batch_size, num_workers=workers,
-                                         collate_fn=collate)
-    scores, labels = [], []
-    for batch in loader:
-        x = batch["image"].to(d.device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=d.device.type, dtype=torch.float16, enabled=amp):
-            scores.append(torch.sigmoid(model(x).float()).cpu().numpy())
-        labels.append(batch["labels"].numpy())
-    model.train(was_training)
-    c = len(dataset.classes)
-    out = gather_arrays(d, {
-        "index": np.asarray(mine, dtype=np.int64),
-        "scores": np.concatenate(scores) if scores else np.zeros((0, c), np.float32),
-        "labels": np.concatenate(labels) if labels else np.zeros((0, c), np.float32)})
-    order = np.argsort(out["index"])
-    return out["scores"][order], out["labels"][order]
+__all__ = ["evaluate"]
 
 
 def _out_dir(out: str | Path | None, checkpoint: Path, split: str) -> Path:
@@ -87,13 +34,55 @@ def _out_dir(out: str | Path | None, checkpoint: Path, split: str) -> Path:
     return candidate
 
 
+def localize_split(model, dataset, cfg: dict, batch_size: int, progress: bool = True,
+                   thresholds: tuple[int, ...] = PAPER_THRESHOLDS) -> tuple[dict, list] | None:
+    """The paper's localization protocol on the films of ``dataset`` that have boxes of its
+    classes: every class's heatmap and boxes (``all_classes``), scored against the split's
+    ground truth. Returns (scores, predicted boxes), or None when the split has no box."""
+    from tqdm import tqdm
+
+    from wsloc.data import collate
+    from wsloc.engine.localize import Localizer
+    from wsloc.metrics import localization_scores
+
+    def has_box(record):
+        return any(b.label in dataset.class_index for b in record.boxes)
+
+    with_boxes = [i for i, r in enumerate(dataset.records) if has_box(r)]
+    if dataset.split != "train":
+        meta = dataset.meta
+        in_train = sum(1 for r in meta.records if meta.split_of[r.name] == "train"
+                       and has_box(r))
+        if in_train:
+            warnings.warn(f"{in_train} film(s) with boxes are in the training split and are "
+                          "left out of the localization scores", stacklevel=2)
+    if not with_boxes:
+        return None
+    size = cfg["data"]["image_size"]
+    localizer = Localizer(model, dataset.classes, (size, size), thresholds, all_classes=True,
+                          channels_last=cfg["train"]["channels_last"])
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, with_boxes),
+                                         batch_size=batch_size, collate_fn=collate,
+                                         num_workers=cfg["data"]["num_workers"])
+    pred, peaks = [], {}
+    for batch in tqdm(loader, desc="localize", unit="batch", disable=not progress, leave=False):
+        for loc in localizer(batch["image"], batch["frame"], batch["id"]):
+            pred.extend(loc.boxes)
+            peaks.update({(loc.image, c): xy for c, xy in loc.peaks.items()})
+    gt = {dataset.records[i].name: dataset.records[i].boxes for i in with_boxes}
+    return localization_scores(pred, gt, dataset.classes, peaks=peaks), pred
+
+
 def evaluate(checkpoint: str | Path, data_root: str | Path | None = None, split: str = "test",
              out: str | Path | None = None, batch_size: int | None = None,
              progress: bool = True) -> dict:
     """Evaluate a checkpoint: per-class AUC, mean AUC, ``metrics.json``, ``roc.png`` and
     ``results.md`` (laid out like the paper's table, the paper's ResNet-50 beside ours).
+    When the split has boxes (the NIH release's, or the synthetic set's), also the paper's
+    localization protocol (:func:`localize_split`): ``localization.json``, ``boxes.json``
+    and the T(IoBB) / T(IoU) / AFP / pointing-game tables in ``results.md``.
     Without ``data_root``, the data the checkpoint was trained on."""
-    from wsloc.report import auc_table, plot_roc, write_metrics
+    from wsloc.report import auc_table, localization_tables, plot_roc, write_metrics
 
     checkpoint = Path(checkpoint)
     ckpt = load_checkpoint(checkpoint)
@@ -124,8 +113,19 @@ def evaluate(checkpoint: str | Path, data_root: str | Path | None = None, split:
         note = ("" if cfg["data"]["root"] is not None else
                 "\n\nOurs is on the synthetic set; the paper's figures are on NIH data and "
                 "compare only on the NIH release.")
+        written = ["metrics.json", "roc.png", "results.md"]
+        loc = localize_split(model, dataset, cfg, batch_size or cfg["train"]["batch_size"],
+                             progress)
+        if loc is not None:
+            scores_loc, boxes = loc
+            result["localization"] = scores_loc
+            write_metrics(out_dir / "localization.json", scores_loc)
+            write_metrics(out_dir / "boxes.json", boxes)
+            table += "\n\n" + localization_tables(scores_loc, "wsloc")
+            written += ["localization.json", "boxes.json"]
         (out_dir / "results.md").write_text(table + note + "\n")
         result["out"] = str(out_dir)
         print(table + note)
-        print(f"\nwrote {out_dir}/metrics.json, roc.png, results.md")
+        print(f"\nwrote {out_dir}/{', '.join(written)}")
     return result
+

@@ -15,8 +15,8 @@ from tqdm import tqdm
 from wsloc.config import dump
 from wsloc.data import collate
 from wsloc.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from wsloc.engine.common import data_root_of, make_dataset, predict
 from wsloc.engine.distributed import Dist, setup
-from wsloc.engine.evaluate import data_root_of, make_dataset, predict
 from wsloc.losses import build_loss
 from wsloc.metrics import compute_auc, mean_auc
 from wsloc.models import build_model

@@ -16,10 +16,16 @@ from torch import nn
 __all__ = ["BACKBONES", "build_backbone"]
 
 
-def _resnet_body(net):
-    body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2,
-                         net.layer3, net.layer4)
-    return body, net.fc.in_features
+# how many of a ResNet's stages to keep for each feature stride (the paper's S = input / stride)
+RESNET_STAGES = {8: 2, 16: 3, 32: 4}
+
+
+def _resnet_body(net, stride: int = 32):
+    stages = [net.layer1, net.layer2, net.layer3, net.layer4][: RESNET_STAGES[stride]]
+    body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, *stages)
+    last = stages[-1][-1]
+    channels = (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
+    return body, channels
 
 
 def _googlenet_body(net):
@@ -42,10 +48,14 @@ BACKBONES: dict[str, tuple[str, str, Callable]] = {
 }
 
 
-def build_backbone(name: str, weights: str | None = None) -> tuple[nn.Module, int]:
+def build_backbone(name: str, weights: str | None = None,
+                   stride: int = 32) -> tuple[nn.Module, int]:
     """The backbone ``name`` (see ``BACKBONES``) and its output channels.
 
     Args:
+        stride: the feature map's stride. 32: the whole network. ResNets also take 16 (cut
+            after layer3) and 8 (cut after layer2): finer maps, so finer heatmaps, and less
+            compute.
         weights: ``None``/``"none"`` (random init), ``"imagenet"`` (torchvision's weights:
             downloaded when online, else read from torch's hub cache), or a path to a state
             dict of the torchvision model (loaded with ``weights_only=True``).
@@ -55,6 +65,12 @@ def build_backbone(name: str, weights: str | None = None) -> tuple[nn.Module, in
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     ctor_name, enum_name, extract = BACKBONES[name]
+    if stride != 32:
+        if not name.startswith("resnet") or stride not in RESNET_STAGES:
+            raise ValueError(f"model.feature_stride must be 32 for {name} (ResNets also take "
+                             f"8 or 16), got {stride!r}")
+        base = extract
+        extract = lambda net: base(net, stride)  # noqa: E731
     ctor = getattr(torchvision.models, ctor_name)
     extra = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
     if weights in (None, "none"):

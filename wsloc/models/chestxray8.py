@@ -55,20 +55,23 @@ class ChestXray8Net(nn.Module):
             ``learn_r``, one r per class).
         weights: backbone weights, see :func:`build_backbone`.
         freeze_bn: keep BatchNorm in eval mode while training.
+        feature_stride: 32 (the paper), or 16 / 8 for a ResNet cut after layer3 / layer2.
 
     Input: Tensor[N, 1, H, W] gray in [0, 1] (or [N, 3, H, W]); it is repeated to 3 channels
-    and normalised with ImageNet's statistics inside the model. S = H / 32.
+    and normalised with ImageNet's statistics inside the model. S = H / feature_stride.
     """
 
     def __init__(self, num_classes: int, backbone: str = "resnet50",
                  transition_channels: int = 1024, pooling: str = "lse", r: float = 10.0,
                  learn_r: bool = False, pool_on: str = "features", weights: str | None = None,
-                 freeze_bn: bool = False, **pool_kwargs) -> None:
+                 freeze_bn: bool = False, feature_stride: int = 32, **pool_kwargs) -> None:
         super().__init__()
         self.freeze_bn = freeze_bn
         if pool_on not in ("features", "classes"):
             raise ValueError(f"model.pool_on must be 'features' or 'classes', got {pool_on!r}")
-        self.backbone, channels = build_backbone(backbone, weights)
+        self.backbone, channels = build_backbone(backbone, weights, feature_stride)
+        self.backbone_name = backbone
+        self.feature_stride = feature_stride
         self.transition = nn.Sequential(
             nn.Conv2d(channels, transition_channels, 1, bias=False),
             nn.BatchNorm2d(transition_channels), nn.ReLU(inplace=True))
