@@ -78,18 +78,6 @@ def test_normalize_min_max_constant_and_nan():
         normalize(maps, ["film_a.png", "film_b.png"])
 
 
-def test_cam_is_the_prediction_weights_on_the_features():
-    torch.manual_seed(0)
-    model = ChestXray8Net(3, "resnet18", 16, feature_stride=8).eval()
-    x = torch.rand(2, 1, 64, 64)
-    with torch.no_grad():
-        model(x)
-    w = model.prediction.weight
-    f = model.features
-    expected = torch.stack([(w[c][None, :, None, None] * f).sum(1) for c in range(3)], 1)
-    torch.testing.assert_close(model.class_maps, expected, rtol=1e-5, atol=1e-5)
-
-
 def _unit(m):
     m = m - m.min()
     return m / (1e-7 + m.max())
@@ -114,3 +102,35 @@ def test_grad_cam_matches_pytorch_grad_cam():
                 # their scaling: normalise, resize, normalise again (over the layer list)
                 ours = cv2.resize(np.float32(_unit(maps[n, j].numpy())), (96, 96))
                 np.testing.assert_allclose(_unit(ours), ref[n], atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [4, 8])
+def test_model_cell_centres_match_the_receptive_fields(stride):
+    # the fused stride-4 net: layer1's cells and layer2's (upsampled onto them) agree
+    torch.manual_seed(0)
+    model = ChestXray8Net(2, "resnet18", 8, feature_stride=stride)
+    s, o = model.cell_geometry()
+    assert (s, o) == (stride, 0.0)
+    _linearised(model)
+    model.double()
+    x = torch.randn(1, 1, 192, 192, dtype=torch.float64, requires_grad=True)
+    f = model.forward_features(x)
+    assert f.shape[-1] == 192 // stride
+    for j in (f.shape[-1] // 2, f.shape[-1] // 2 + 1):  # an even and an odd cell
+        x.grad = None
+        f[0, :, j, j].sum().backward(retain_graph=True)
+        cols = np.flatnonzero(x.grad[0].abs().sum((0, 1)).numpy() > 0)
+        assert cols[0] > 0 and cols[-1] < 191
+        assert (cols[0] + cols[-1]) / 2 == pytest.approx(s * j + o)
+
+
+def test_upsample_cells2_puts_cell_k_on_cell_2k():
+    from wsloc.models.chestxray8 import upsample_cells2
+
+    x = torch.arange(12.0).reshape(1, 1, 3, 4)
+    up = upsample_cells2(x)
+    assert up.shape == (1, 1, 6, 8)
+    assert torch.equal(up[..., ::2, ::2], x)
+    torch.testing.assert_close(up[0, 0, 0, 1], (x[0, 0, 0, 0] + x[0, 0, 0, 1]) / 2)
+    torch.testing.assert_close(up[0, 0, 3, 2], (x[0, 0, 1, 1] + x[0, 0, 2, 1]) / 2)
+    assert up[0, 0, 0, 7] == x[0, 0, 0, 3] and up[0, 0, 5, 0] == x[0, 0, 2, 0]  # edges repeat

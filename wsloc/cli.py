@@ -114,6 +114,14 @@ def _score_boxes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_heatmap(args: argparse.Namespace) -> int:
+    from wsloc.bench import heatmap
+
+    heatmap.run(checkpoint=args.checkpoint, device=args.device, batch=args.batch,
+                frame=args.frame, out_dir=args.out)
+    return 0
+
+
 def _bench_train(args: argparse.Namespace) -> int:
     from wsloc.bench import train
 
@@ -153,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     b_train.add_argument("--batch", type=int, help="batch size (default 32 on CUDA, 8 CPU)")
     b_train.add_argument("--out", default="benchmarks", help="folder for the JSON results")
     b_train.set_defaults(func=_bench_train)
+    b_heat = bench_sub.add_parser(
+        "heatmap", help="CAM + boxes vs. the plain forward pass, on one batch")
+    b_heat.add_argument("--checkpoint", help="a trained model (default: the demo's "
+                                             "architecture, untrained)")
+    b_heat.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    b_heat.add_argument("--batch", type=int, default=32)
+    b_heat.add_argument("--frame", type=int, default=256, help="the films' size in pixels")
+    b_heat.add_argument("--out", default="benchmarks", help="folder for the JSON results")
+    b_heat.set_defaults(func=_bench_heatmap)
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-root", required=True, help="the NIH ChestX-ray14 folder")

@@ -37,12 +37,12 @@ DEFAULTS: dict = {
         "pooling": "lse",
         "r": 10.0,
         "learn_r": False,
-        "pool_on": "features",
+        "pool_on": "classes",
         "freeze_bn": False,
-        "feature_stride": 32,
+        "feature_stride": 4,
     },
     "train": {
-        "epochs": 12,
+        "epochs": 11,
         "batch_size": 32,
         "optimizer": "adam",
         "lr": 1e-3,
@@ -126,7 +126,7 @@ _RULES = {
     ("data", "split_seed"): ("an int >= 0", lambda v: _int(v) and v >= 0),
     ("model", "transition_channels"): ("an int >= 1", lambda v: _int(v) and v >= 1),
     ("model", "r"): ("a number > 0", lambda v: _num(v) and v > 0),
-    ("model", "feature_stride"): ("8, 16 or 32", lambda v: v in (8, 16, 32)),
+    ("model", "feature_stride"): ("4, 8, 16 or 32", lambda v: v in (4, 8, 16, 32)),
 }
 
 

@@ -3,7 +3,7 @@ import urllib.error
 import pytest
 import torch
 
-from wsloc.models import build_model
+from wsloc.models import ChestXray8Net, build_model
 from wsloc.models.backbones import BACKBONES, build_backbone
 
 
@@ -71,3 +71,19 @@ def test_weights_from_a_file_and_offline_imagenet(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"Offline, put https://.*resnet18.* at .*"
                                                 r"checkpoints"):
         build_backbone("resnet18", "imagenet")
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("stride", [4, 8, 16, 32])
+def test_feature_strides(backbone, stride):
+    model = ChestXray8Net(3, backbone, 8, feature_stride=stride, pool_on="classes").eval()
+    with torch.no_grad():
+        logits = model(torch.rand(2, 1, 64, 64))
+    assert logits.shape == (2, 3) and model.class_maps.shape == (2, 3, 64 // stride,
+                                                                 64 // stride)
+    assert model.cell_geometry() == (stride, 0.0)
+
+
+def test_feature_stride_is_checked():
+    with pytest.raises(ValueError, match=r"model.feature_stride must be 32 for vgg16"):
+        ChestXray8Net(3, "vgg16", 8, feature_stride=8)

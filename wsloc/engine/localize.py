@@ -61,7 +61,8 @@ class Localizer:
         self.thresholds = tuple(thresholds)
         self.min_probability, self.all_classes, self.keep_maps = (
             min_probability, all_classes, keep_maps)
-        self.geometry = cell_geometry(model.backbone)
+        self.geometry = (model.cell_geometry() if hasattr(model, "cell_geometry")
+                         else cell_geometry(model.backbone))
         self.device = next(model.parameters()).device
         self.channels_last = channels_last
 

@@ -13,19 +13,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["BACKBONES", "build_backbone"]
+__all__ = ["BACKBONES", "build_backbone", "stage_channels"]
 
 
 # how many of a ResNet's stages to keep for each feature stride (the paper's S = input / stride)
-RESNET_STAGES = {8: 2, 16: 3, 32: 4}
+RESNET_STAGES = {4: 2, 8: 2, 16: 3, 32: 4}  # stride 4: layer1 fused with layer2 (the model)
+
+
+def stage_channels(stage: nn.Module) -> int:
+    """Output channels of a ResNet stage (a Sequential of BasicBlocks or Bottlenecks)."""
+    last = stage[-1]
+    return (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
 
 
 def _resnet_body(net, stride: int = 32):
     stages = [net.layer1, net.layer2, net.layer3, net.layer4][: RESNET_STAGES[stride]]
     body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, *stages)
-    last = stages[-1][-1]
-    channels = (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
-    return body, channels
+    return body, stage_channels(stages[-1])
 
 
 def _googlenet_body(net):
@@ -55,7 +59,8 @@ def build_backbone(name: str, weights: str | None = None,
     Args:
         stride: the feature map's stride. 32: the whole network. ResNets also take 16 (cut
             after layer3) and 8 (cut after layer2): finer maps, so finer heatmaps, and less
-            compute.
+            compute; 4 gives the stride-8 body, whose layer1 (stride 4) the model fuses
+            with layer2 (see :class:`wsloc.models.ChestXray8Net`).
         weights: ``None``/``"none"`` (random init), ``"imagenet"`` (torchvision's weights:
             downloaded when online, else read from torch's hub cache), or a path to a state
             dict of the torchvision model (loaded with ``weights_only=True``).
@@ -68,7 +73,7 @@ def build_backbone(name: str, weights: str | None = None,
     if stride != 32:
         if not name.startswith("resnet") or stride not in RESNET_STAGES:
             raise ValueError(f"model.feature_stride must be 32 for {name} (ResNets also take "
-                             f"8 or 16), got {stride!r}")
+                             f"4, 8 or 16), got {stride!r}")
         base = extract
         extract = lambda net: base(net, stride)  # noqa: E731
     ctor = getattr(torchvision.models, ctor_name)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from wsloc import ops
-from wsloc.models.backbones import build_backbone
+from wsloc.models.backbones import build_backbone, stage_channels
 
 __all__ = ["ChestXray8Net", "POOLINGS", "build_pooling"]
 
@@ -39,6 +39,32 @@ def build_pooling(name: str, channels: int, r: float = 10.0, learn_r: bool = Fal
     raise ValueError(f"unknown pooling {name!r}; choose one of {', '.join(POOLINGS)}")
 
 
+def upsample_cells2(x: Tensor) -> Tensor:
+    """[N, C, S, S] → [N, C, 2S, 2S] with cell k of the input on cell 2k of the output (the
+    centres ResNet strides give: cell k of a stride-8 map sits where cell 2k of the
+    stride-4 map does); odd cells are the mean of their neighbours, the last one repeats."""
+    nxt = torch.cat([x[..., 1:], x[..., -1:]], -1)
+    x = torch.stack([x, (x + nxt) / 2], -1).flatten(-2)
+    nxt = torch.cat([x[..., 1:, :], x[..., -1:, :]], -2)
+    return torch.stack([x, (x + nxt) / 2], -2).flatten(-3, -2)
+
+
+class FusedTransition(nn.Module):
+    """The stride-4 transition: 1×1 convs on layer1 (stride 4) and layer2 (stride 8), the
+    latter upsampled onto the former's cells, summed, then BatchNorm and ReLU — finer maps
+    with layer2's context, for little more compute than the stride-8 net."""
+
+    def __init__(self, fine: int, coarse: int, out: int) -> None:
+        super().__init__()
+        self.fine = nn.Conv2d(fine, out, 1, bias=False)
+        self.coarse = nn.Conv2d(coarse, out, 1, bias=False)
+        self.post = nn.Sequential(nn.BatchNorm2d(out), nn.ReLU(inplace=True))
+
+    def forward(self, fine: Tensor, coarse: Tensor) -> Tensor:
+        up = upsample_cells2(self.coarse(coarse))[..., : fine.shape[-2], : fine.shape[-1]]
+        return self.post(self.fine(fine) + up)
+
+
 class ChestXray8Net(nn.Module):
     """Backbone (classifier removed) → transition (1×1 conv to D channels, BatchNorm, ReLU) on
     the S×S map → global
@@ -55,7 +81,8 @@ class ChestXray8Net(nn.Module):
             ``learn_r``, one r per class).
         weights: backbone weights, see :func:`build_backbone`.
         freeze_bn: keep BatchNorm in eval mode while training.
-        feature_stride: 32 (the paper), or 16 / 8 for a ResNet cut after layer3 / layer2.
+        feature_stride: 32 (the paper), or 16 / 8 for a ResNet cut after layer3 / layer2;
+            4: layer1 and layer2 fused (:class:`FusedTransition`).
 
     Input: Tensor[N, 1, H, W] gray in [0, 1] (or [N, 3, H, W]); it is repeated to 3 channels
     and normalised with ImageNet's statistics inside the model. S = H / feature_stride.
@@ -72,9 +99,13 @@ class ChestXray8Net(nn.Module):
         self.backbone, channels = build_backbone(backbone, weights, feature_stride)
         self.backbone_name = backbone
         self.feature_stride = feature_stride
-        self.transition = nn.Sequential(
-            nn.Conv2d(channels, transition_channels, 1, bias=False),
-            nn.BatchNorm2d(transition_channels), nn.ReLU(inplace=True))
+        if feature_stride == 4:
+            self.transition = FusedTransition(stage_channels(self.backbone[-2]), channels,
+                                              transition_channels)
+        else:
+            self.transition = nn.Sequential(
+                nn.Conv2d(channels, transition_channels, 1, bias=False),
+                nn.BatchNorm2d(transition_channels), nn.ReLU(inplace=True))
         self.pool_on = pool_on
         pooled = transition_channels if pool_on == "features" else num_classes
         self.pool = build_pooling(pooling, pooled, r=r, learn_r=learn_r, **pool_kwargs)
@@ -98,7 +129,18 @@ class ChestXray8Net(nn.Module):
         """[N, 1 or 3, H, W] → transition features f [N, D, S, S]."""
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        return self.transition(self.backbone((x - self.mean) / self.std))
+        x = (x - self.mean) / self.std
+        if self.feature_stride == 4:
+            fine = self.backbone[:-1](x)
+            return self.transition(fine, self.backbone[-1](fine))
+        return self.transition(self.backbone(x))
+
+    def cell_geometry(self) -> tuple[float, float]:
+        """(stride, offset): cell j of the class maps is centred on input pixel
+        stride·j + offset (see :func:`wsloc.cam.cell_geometry`)."""
+        from wsloc.cam import cell_geometry
+
+        return cell_geometry(self.backbone[:-1] if self.feature_stride == 4 else self.backbone)
 
     def forward_head(self, f: Tensor) -> Tensor:
         """Transition features → logits [N, C]; keeps ``features`` and ``class_maps``."""
