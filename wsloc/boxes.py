@@ -65,10 +65,10 @@ def heatmap_boxes(heatmap: np.ndarray, thresholds: Sequence[int] = PAPER_THRESHO
     import cv2
 
     heatmap = _check(heatmap, thresholds)
-    scaled = np.rint(heatmap * 255.0)
+    scaled = np.rint(heatmap * 255.0).astype(np.uint8)  # once; each threshold compares it
     out: list[Box] = []
     for t in thresholds:
-        mask = (scaled > t).astype(np.uint8)
+        mask = (scaled > t).view(np.uint8)
         n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         if n <= 1:
             continue

@@ -16,13 +16,14 @@ image's pixels (undoing the network's resize, non-square films included).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 __all__ = ["cell_geometry", "class_activation_maps", "grad_cam", "to_frame", "normalize",
-           "peak", "HeatmapError"]
+           "peak", "peaks", "HeatmapError"]
 
 
 class HeatmapError(ValueError):
@@ -117,6 +118,12 @@ def grad_cam(model: nn.Module, x: Tensor, layer: nn.Module,
     return torch.sigmoid(logits.detach().float()), torch.stack(maps, 1).float()
 
 
+@functools.lru_cache(maxsize=64)
+def _axis_weights_cpu(n_frame: int, n_net: int, cells: int, stride: float,
+                      offset: float) -> Tensor:
+    return _axis_weights(n_frame, n_net, cells, stride, offset, "cpu")
+
+
 def _axis_weights(n_frame: int, n_net: int, cells: int, stride: float, offset: float,
                   device) -> Tensor:
     """[n_frame, cells] linear-interpolation weights from cells to the film's pixels. Pixel p
@@ -150,8 +157,10 @@ def to_frame(maps: Tensor, frame: tuple[int, int], net_size: tuple[int, int],
         Tensor[..., height, width]: bilinear in the cells, each cell at its true centre.
     """
     stride, offset = geometry
-    ay = _axis_weights(frame[0], net_size[0], maps.shape[-2], stride, offset, maps.device)
-    ax = _axis_weights(frame[1], net_size[1], maps.shape[-1], stride, offset, maps.device)
+    args = (float(stride), float(offset))
+    ay = _axis_weights_cpu(int(frame[0]), int(net_size[0]), maps.shape[-2], *args)
+    ax = _axis_weights_cpu(int(frame[1]), int(net_size[1]), maps.shape[-1], *args)
+    ay, ax = ay.to(maps.device), ax.to(maps.device)
     return torch.einsum("hs,...st,wt->...hw", ay, maps.float(), ax)
 
 
@@ -176,3 +185,10 @@ def peak(heatmap: Tensor) -> tuple[int, int]:
     """(x, y) of a map's maximum (the first one in raster order)."""
     index = int(torch.argmax(heatmap))
     return index % heatmap.shape[-1], index // heatmap.shape[-1]
+
+
+def peaks(maps: Tensor) -> list[tuple[int, int]]:
+    """(x, y) of each map's maximum for maps [K, H, W], in one pass."""
+    index = maps.reshape(maps.shape[0], -1).argmax(-1).tolist()
+    w = maps.shape[-1]
+    return [(i % w, i // w) for i in index]

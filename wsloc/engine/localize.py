@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from wsloc.boxes import PAPER_THRESHOLDS, heatmap_boxes
-from wsloc.cam import cell_geometry, class_activation_maps, normalize, peak, to_frame
+from wsloc.cam import cell_geometry, class_activation_maps, normalize, peaks, to_frame
 
 __all__ = ["Localizer", "Localization"]
 
@@ -82,21 +82,26 @@ class Localizer:
         return [self.localize_one(probs[i], cams[i], tuple(frames[i]), str(names[i]))
                 for i in range(len(names))]
 
+    def shown_classes(self, probs: Tensor) -> list[int]:
+        return [c for c in range(len(self.classes))
+                if self.all_classes or float(probs[c]) >= self.min_probability]
+
     def localize_one(self, probs: Tensor, cams: Tensor, frame: tuple[int, int],
                      name: str) -> Localization:
         """One film from its probabilities [C] and cell maps [C, S, S]."""
-        shown = [c for c in range(len(self.classes))
-                 if self.all_classes or float(probs[c]) >= self.min_probability]
+        shown = self.shown_classes(probs)
         out = Localization(name, (int(frame[0]), int(frame[1])), self.classes, probs.numpy(),
                            [self.classes[c] for c in shown])
         if not shown:
             return out
         maps = normalize(to_frame(cams[shown], out.frame, self.net_size, self.geometry),
                          [f"{name} ({self.classes[c]})" for c in shown])
+        maxima = peaks(maps)
+        arrays = maps.numpy()
         for j, c in enumerate(shown):
             label = self.classes[c]
-            out.peaks[label] = peak(maps[j])
-            for box in heatmap_boxes(maps[j].numpy(), self.thresholds):
+            out.peaks[label] = maxima[j]
+            for box in heatmap_boxes(arrays[j], self.thresholds):
                 out.boxes.append({"image": name, "class": label,
                                   "probability": round(float(probs[c]), 6),
                                   "x1": box.x1, "y1": box.y1, "x2": box.x2, "y2": box.y2,
@@ -104,5 +109,5 @@ class Localizer:
                                   "peak_x": out.peaks[label][0],
                                   "peak_y": out.peaks[label][1]})
         if self.keep_maps:
-            out.heatmaps = maps.numpy()
+            out.heatmaps = arrays
         return out
