@@ -119,24 +119,19 @@ def grad_cam(model: nn.Module, x: Tensor, layer: nn.Module,
 
 
 @functools.lru_cache(maxsize=64)
-def _axis_weights_cpu(n_frame: int, n_net: int, cells: int, stride: float,
-                      offset: float) -> Tensor:
-    return _axis_weights(n_frame, n_net, cells, stride, offset, "cpu")
-
-
-def _axis_weights(n_frame: int, n_net: int, cells: int, stride: float, offset: float,
-                  device) -> Tensor:
+def _axis_weights(n_frame: int, n_net: int, cells: int, stride: float,
+                  offset: float) -> Tensor:
     """[n_frame, cells] linear-interpolation weights from cells to the film's pixels. Pixel p
     of the film sits at network-input pixel (p + ½)·n_net/n_frame − ½ (the resize's own
     mapping), i.e. at cell (that − offset) / stride; beyond the first and last cell centres
-    the edge value holds."""
-    p = torch.arange(n_frame, dtype=torch.float64, device=device)
+    the edge value holds. Cached: films of one size share them."""
+    p = torch.arange(n_frame, dtype=torch.float64)
     u = (((p + 0.5) * n_net / n_frame - 0.5) - offset) / stride
     u = u.clamp(0, cells - 1)
     lo = u.floor().long().clamp(max=cells - 1)
     hi = (lo + 1).clamp(max=cells - 1)
     frac = u - lo
-    w = torch.zeros(n_frame, cells, dtype=torch.float64, device=device)
+    w = torch.zeros(n_frame, cells, dtype=torch.float64)
     w.scatter_add_(1, lo[:, None], (1 - frac)[:, None])
     w.scatter_add_(1, hi[:, None], frac[:, None])
     return w.float()
@@ -158,8 +153,8 @@ def to_frame(maps: Tensor, frame: tuple[int, int], net_size: tuple[int, int],
     """
     stride, offset = geometry
     args = (float(stride), float(offset))
-    ay = _axis_weights_cpu(int(frame[0]), int(net_size[0]), maps.shape[-2], *args)
-    ax = _axis_weights_cpu(int(frame[1]), int(net_size[1]), maps.shape[-1], *args)
+    ay = _axis_weights(int(frame[0]), int(net_size[0]), maps.shape[-2], *args)
+    ax = _axis_weights(int(frame[1]), int(net_size[1]), maps.shape[-1], *args)
     ay, ax = ay.to(maps.device), ax.to(maps.device)
     return torch.einsum("hs,...st,wt->...hw", ay, maps.float(), ax)
 
@@ -183,12 +178,11 @@ def normalize(maps: Tensor, names: Sequence[str] | None = None) -> Tensor:
 
 def peak(heatmap: Tensor) -> tuple[int, int]:
     """(x, y) of a map's maximum (the first one in raster order)."""
-    index = int(torch.argmax(heatmap))
-    return index % heatmap.shape[-1], index // heatmap.shape[-1]
+    return peaks(heatmap[None])[0]
 
 
 def peaks(maps: Tensor) -> list[tuple[int, int]]:
-    """(x, y) of each map's maximum for maps [K, H, W], in one pass."""
+    """(x, y) of each map's maximum (the first in raster order) for maps [K, H, W]."""
     index = maps.reshape(maps.shape[0], -1).argmax(-1).tolist()
     w = maps.shape[-1]
     return [(i % w, i // w) for i in index]
