@@ -9,11 +9,9 @@ import numpy as np
 import torch
 
 from wsloc.boxes import PAPER_THRESHOLDS
-from wsloc.engine.checkpoint import load_checkpoint
-from wsloc.engine.common import data_root_of, make_dataset, predict
+from wsloc.engine.common import data_root_of, load_trained, make_dataset, predict
 from wsloc.engine.distributed import setup
 from wsloc.metrics import compute_auc, mean_auc
-from wsloc.models import build_model
 
 __all__ = ["evaluate"]
 
@@ -85,18 +83,13 @@ def evaluate(checkpoint: str | Path, data_root: str | Path | None = None, split:
     from wsloc.report import auc_table, localization_tables, plot_roc, write_metrics
 
     checkpoint = Path(checkpoint)
-    ckpt = load_checkpoint(checkpoint)
-    cfg = ckpt["config"]
+    model, cfg, _, _ = load_trained(checkpoint)
+    d = setup(cfg["train"]["device"])
+    model.to(d.device)  # keeps channels_last
     if data_root is not None:
         cfg["data"]["root"] = str(data_root)
-    d = setup(cfg["train"]["device"])
     root = data_root_of(cfg, d, progress)
     dataset = make_dataset(cfg, root, split, cfg["data"]["eval_transform"])
-    model_cfg = dict(cfg["model"], weights="none")  # the checkpoint holds every weight
-    model = build_model(model_cfg, len(dataset.classes)).to(d.device)
-    model.load_state_dict(ckpt["model"])
-    if cfg["train"]["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
     scores, labels = predict(model, dataset, d, batch_size or cfg["train"]["batch_size"],
                              cfg["data"]["num_workers"], cfg["train"]["channels_last"])
     classes = list(dataset.classes)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from wsloc.boxes import PAPER_THRESHOLDS, heatmap_boxes
-from wsloc.cam import cell_geometry, class_activation_maps, normalize, peaks, to_frame
+from wsloc.cam import class_activation_maps, normalize, peaks, to_frame
 
 __all__ = ["Localizer", "Localization"]
 
@@ -61,8 +61,7 @@ class Localizer:
         self.thresholds = tuple(thresholds)
         self.min_probability, self.all_classes, self.keep_maps = (
             min_probability, all_classes, keep_maps)
-        self.geometry = (model.cell_geometry() if hasattr(model, "cell_geometry")
-                         else cell_geometry(model.backbone))
+        self.geometry = model.cell_geometry()
         self.device = next(model.parameters()).device
         self.channels_last = channels_last
 
