@@ -134,3 +134,21 @@ def test_upsample_cells2_puts_cell_k_on_cell_2k():
     torch.testing.assert_close(up[0, 0, 0, 1], (x[0, 0, 0, 0] + x[0, 0, 0, 1]) / 2)
     torch.testing.assert_close(up[0, 0, 3, 2], (x[0, 0, 1, 1] + x[0, 0, 2, 1]) / 2)
     assert up[0, 0, 0, 7] == x[0, 0, 0, 3] and up[0, 0, 5, 0] == x[0, 0, 2, 0]  # edges repeat
+
+
+def test_cams_are_taken_in_eval_mode_whatever_the_model_was_left_in():
+    from wsloc.cam import class_activation_maps
+
+    torch.manual_seed(0)
+    model = ChestXray8Net(3, "resnet18", 8, feature_stride=8)
+    x = torch.rand(4, 1, 64, 64)
+    model.train()
+    with torch.no_grad():
+        model(x)  # moves BatchNorm's running statistics away from their start
+    probs, cams = class_activation_maps(model, x)
+    assert model.training  # the caller's mode is restored
+    model.eval()
+    with torch.no_grad():
+        ref = torch.sigmoid(model(x))
+    torch.testing.assert_close(probs, ref)
+    torch.testing.assert_close(cams, model.class_maps)

@@ -69,9 +69,16 @@ def cell_geometry(backbone: nn.Module) -> tuple[float, float]:
 
 @torch.no_grad()
 def class_activation_maps(model, x: Tensor) -> tuple[Tensor, Tensor]:
-    """One forward pass: (probabilities [N, C], CAMs [N, C, S, S]) of a ChestXray8Net."""
-    logits = model(x)
-    return torch.sigmoid(logits.float()), model.class_maps.float()
+    """One forward pass: (probabilities [N, C], CAMs [N, C, S, S]) of a ChestXray8Net, in
+    eval mode (BatchNorm's running statistics, whatever mode the model was left in, which
+    is restored after)."""
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(x)
+        return torch.sigmoid(logits.float()), model.class_maps.float()
+    finally:
+        model.train(was_training)
 
 
 def grad_cam(model: nn.Module, x: Tensor, layer: nn.Module,
