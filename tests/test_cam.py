@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from wsloc.cam import HeatmapError, cell_geometry, grad_cam, normalize, peak, to_frame
+from wsloc.cam import HeatmapError, cell_geometry, cell_peaks, grad_cam, normalize, peak, to_frame
 from wsloc.models import ChestXray8Net
 from wsloc.models.backbones import build_backbone
 
@@ -62,6 +62,12 @@ def test_a_known_peak_lands_where_its_cell_is():
     x, y = peak(heat[0])
     assert abs(x - ((56 + 0.5) * 1841 / 96 - 0.5)) <= 1
     assert abs(y - ((24 + 0.5) * 1955 / 96 - 0.5)) <= 1
+    # the cell route finds the same pixel without drawing the map; where the edge value
+    # holds (cell (11, 0) reaches the film's left edge), the pixel nearest the cell's centre
+    got = cell_peaks(maps, [(1955, 1841)] * 2, (96, 96), (8.0, 0.0))
+    assert got[0] == (x, y)
+    assert heat[1, got[1][1], got[1][0]] == heat[1].max()
+    assert got[1] == (round((0 + 0.5) * 1841 / 96 - 0.5), peak(heat[1])[1])
     # the half-pixel convention would put it half a cell (4 px = 77 film px) further on
     shifted = torch.nn.functional.interpolate(maps[None], size=(1955, 1841), mode="bilinear",
                                               align_corners=False)[0]

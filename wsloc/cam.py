@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["cell_geometry", "class_activation_maps", "grad_cam", "to_frame", "normalize",
-           "peak", "peaks", "HeatmapError"]
+           "peak", "peaks", "cell_peaks", "cell_to_pixel", "HeatmapError"]
 
 
 class HeatmapError(ValueError):
@@ -181,6 +181,30 @@ def normalize(maps: Tensor, names: Sequence[str] | None = None) -> Tensor:
     safe = torch.where(span > 0, span, torch.ones_like(span))
     out = torch.where(span > 0, (flat - lo) / safe, torch.zeros_like(flat))
     return out.reshape(maps.shape)
+
+
+def cell_to_pixel(u, n_frame, n_net: int, geometry: tuple[float, float]):
+    """The film-pixel coordinate (continuous: pixel p spans p − ½ … p + ½) of cell
+    coordinate ``u`` along one axis — the inverse of :func:`to_frame`'s mapping. Works on
+    floats and numpy arrays (``n_frame`` may be an array too)."""
+    stride, offset = geometry
+    return (u * stride + offset + 0.5) * n_frame / n_net - 0.5
+
+
+def cell_peaks(maps: Tensor, frames: Sequence[tuple[int, int]], net_size: tuple[int, int],
+               geometry: tuple[float, float]) -> list[tuple[int, int]]:
+    """(x, y) film pixel of each cell map's maximum (the first in raster order) for maps
+    [K, S_h, S_w], map k of a film of (height, width) ``frames[k]``: the pixel whose centre
+    is nearest the peak cell's centre — where :func:`to_frame` puts the interpolated map's
+    maximum, without interpolating it."""
+    s_h, s_w = maps.shape[-2:]
+    index = maps.reshape(maps.shape[0], -1).argmax(-1).tolist()
+    out = []
+    for i, (fh, fw) in zip(index, frames):
+        x = round(cell_to_pixel(i % s_w, fw, net_size[1], geometry))
+        y = round(cell_to_pixel(i // s_w, fh, net_size[0], geometry))
+        out.append((min(max(x, 0), fw - 1), min(max(y, 0), fh - 1)))
+    return out
 
 
 def peak(heatmap: Tensor) -> tuple[int, int]:

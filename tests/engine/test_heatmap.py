@@ -57,16 +57,40 @@ def test_heatmap_writes_overlays_boxes_and_lists_failures(run, tmp_path, capsys)
         assert 0 <= b["x1"] < b["x2"] <= w and 0 <= b["y1"] < b["y2"] <= h
         assert b["threshold"] in (60, 180) and 0 <= b["score"] <= 1
         assert 0 <= b["probability"] <= 1
-    # every class of every film has a map of the film's size, min 0 and max 1 (or all 0)
+    # every class of every film has a map of the film's size, in [0, 1]: the map its boxes
+    # were drawn from, so boxing its pixels finds them again (to a pixel)
+    from wsloc.boxes import heatmap_boxes
+
     heat = np.load(out / "maps" / "wide__Effusion.npy")
-    assert heat.shape == (70, 90) and heat.min() == 0 and heat.max() in (0, 1)
+    assert heat.shape == (70, 90) and 0 <= heat.min() < 0.05 and 0.95 < heat.max() <= 1
+    _same_regions([b for b in boxes if b["image"] == "wide.png" and b["class"] == "Effusion"],
+                  heatmap_boxes(heat))
     overlay = cv2.imread(str(out / "overlays" / "wide.png"))
     assert overlay.shape[0] == 70 and overlay.shape[1] > 8 * 90  # the film + 8 class panels
 
 
+def _same_regions(written, pixel_boxes):
+    """Boxes written (records) against those OpenCV finds on the map's pixels: every pixel
+    box lies inside a written box of its threshold, and the pixel boxes inside each written
+    box span it to a pixel (a saddle may split one cell region into two pixel regions)."""
+    assert written and pixel_boxes
+    for p in pixel_boxes:
+        assert any(w["threshold"] == p.threshold and w["x1"] <= p.x1 and w["y1"] <= p.y1
+                   and w["x2"] >= p.x2 and w["y2"] >= p.y2 for w in written), p
+    for w in written:
+        inside = [p for p in pixel_boxes if p.threshold == w["threshold"] and w["x1"] <= p.x1
+                  and w["y1"] <= p.y1 and w["x2"] >= p.x2 and w["y2"] >= p.y2]
+        assert inside, w
+        span = (min(p.x1 for p in inside), min(p.y1 for p in inside),
+                max(p.x2 for p in inside), max(p.y2 for p in inside))
+        assert max(abs(a - w[k]) for a, k in zip(span, ("x1", "y1", "x2", "y2"))) <= 1, w
+
+
 def test_heatmap_boxes_come_from_the_same_forward_pass(run, tmp_path):
-    """The boxes written are those of the model's own class maps, mapped to the film."""
-    from wsloc.boxes import heatmap_boxes
+    """The boxes written are those of the model's own class maps, mapped to the film: the
+    cell route's exactly, and the pixel route's on the map drawn at the film's size to a
+    pixel."""
+    from wsloc.boxes import cell_boxes, heatmap_boxes
     from wsloc.cam import cell_geometry, normalize, to_frame
     from wsloc.data import read_image
     from wsloc.data.transforms import build_transform
@@ -84,11 +108,12 @@ def test_heatmap_boxes_come_from_the_same_forward_pass(run, tmp_path):
     with torch.no_grad():
         model(x)
     c = classes.index("Mass")
-    heat = normalize(to_frame(model.class_maps[0, c], film.shape, (64, 64),
-                              cell_geometry(model.backbone)))
-    want = heatmap_boxes(heat.numpy())
+    geometry = cell_geometry(model.backbone)
+    cells = normalize(model.class_maps[0, c][None])
+    want = cell_boxes(cells, [film.shape], (64, 64), geometry)[0]
     assert [(b["x1"], b["y1"], b["x2"], b["y2"]) for b in got] == [
-        (b.x1, b.y1, b.x2, b.y2) for b in want]
+        (b.x1, b.y1, b.x2, b.y2) for b in want] and got
+    _same_regions(got, heatmap_boxes(to_frame(cells, film.shape, (64, 64), geometry)[0].numpy()))
 
 
 def test_heatmap_refuses_bad_arguments(run, tmp_path, capsys):

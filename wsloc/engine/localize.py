@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from wsloc.boxes import PAPER_THRESHOLDS, heatmap_boxes
-from wsloc.cam import class_activation_maps, normalize, peaks, to_frame
+from wsloc.boxes import PAPER_THRESHOLDS, cell_box_arrays
+from wsloc.cam import cell_peaks, class_activation_maps, normalize, to_frame
 
 __all__ = ["Localizer", "Localization"]
 
@@ -78,35 +78,49 @@ class Localizer:
         """Localize a batch: x [N, 1, h, w] as the network takes it; ``frames`` the
         (height, width) of each original film; ``names`` their names."""
         probs, cams = self.forward(x)
-        return [self.localize_one(probs[i], cams[i], tuple(frames[i]), str(names[i]))
-                for i in range(len(names))]
+        return self.localize(probs, cams, frames, names)
 
     def shown_classes(self, probs: Tensor) -> list[int]:
         return [c for c in range(len(self.classes))
                 if self.all_classes or float(probs[c]) >= self.min_probability]
 
-    def localize_one(self, probs: Tensor, cams: Tensor, frame: tuple[int, int],
-                     name: str) -> Localization:
-        """One film from its probabilities [C] and cell maps [C, S, S]."""
-        shown = self.shown_classes(probs)
-        out = Localization(name, (int(frame[0]), int(frame[1])), self.classes, probs.numpy(),
-                           [self.classes[c] for c in shown])
-        if not shown:
-            return out
-        maps = normalize(to_frame(cams[shown], out.frame, self.net_size, self.geometry),
-                         [f"{name} ({self.classes[c]})" for c in shown])
-        maxima = peaks(maps)
-        arrays = maps.numpy()
-        for j, c in enumerate(shown):
-            label = self.classes[c]
-            out.peaks[label] = maxima[j]
-            for box in heatmap_boxes(arrays[j], self.thresholds):
-                out.boxes.append({"image": name, "class": label,
-                                  "probability": round(float(probs[c]), 6),
-                                  "x1": box.x1, "y1": box.y1, "x2": box.x2, "y2": box.y2,
-                                  "score": round(box.score, 6), "threshold": box.threshold,
-                                  "peak_x": out.peaks[label][0],
-                                  "peak_y": out.peaks[label][1]})
-        if self.keep_maps:
-            out.heatmaps = arrays
-        return out
+    def localize(self, probs: Tensor, cams: Tensor, frames: Sequence[tuple[int, int]],
+                 names: Sequence[str]) -> list[Localization]:
+        """A batch from its probabilities [N, C] and cell maps [N, C, S, S]: every shown
+        map of every film is boxed in one go, from its cells
+        (:func:`wsloc.boxes.cell_boxes`), so the
+        cost does not grow with the films' size."""
+        frames = [(int(h), int(w)) for h, w in frames]
+        outs, pairs = [], []
+        for i, name in enumerate(names):
+            shown = self.shown_classes(probs[i])
+            outs.append(Localization(str(name), frames[i], self.classes, probs[i].numpy(),
+                                     [self.classes[c] for c in shown]))
+            pairs += [(i, c) for c in shown]
+        if not pairs:
+            return outs
+        film, cls = torch.tensor(pairs).T
+        cells = normalize(cams[film, cls],
+                          [f"{names[i]} ({self.classes[c]})" for i, c in pairs])
+        map_frames = [frames[i] for i, _ in pairs]
+        which, values, levels = cell_box_arrays(cells, map_frames, self.net_size,
+                                                self.geometry, self.thresholds)
+        tops = cell_peaks(cells, map_frames, self.net_size, self.geometry)
+        p = probs[film, cls].double().numpy().round(6).tolist()
+        for k, (i, c) in enumerate(pairs):
+            outs[i].peaks[self.classes[c]] = tops[k]
+        values[4] = values[4].round(6)
+        for k, x1, y1, x2, y2, score, t in zip(which.tolist(), *values.tolist(),
+                                               levels.tolist()):
+            i, c = pairs[k]
+            outs[i].boxes.append({"image": outs[i].image, "class": self.classes[c],
+                                  "probability": p[k], "x1": x1, "y1": y1, "x2": x2,
+                                  "y2": y2, "score": score, "threshold": t,
+                                  "peak_x": tops[k][0], "peak_y": tops[k][1]})
+        if self.keep_maps:  # the maps the boxes were drawn from, at the film's pixels
+            for i, out in enumerate(outs):
+                mine = (film == i).nonzero().flatten()
+                if len(mine):
+                    out.heatmaps = to_frame(cells[mine], out.frame, self.net_size,
+                                            self.geometry).numpy()
+        return outs
