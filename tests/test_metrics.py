@@ -38,3 +38,29 @@ def test_nan_scores_name_the_class():
     scores[4, 1] = np.nan
     with pytest.raises(ValueError, match=r"scores of Cardiomegaly contain NaN"):
         compute_auc(scores, labels, ["Atelectasis", "Cardiomegaly", "Effusion"])
+
+
+def test_mask_iou_accumulates_over_images_as_voc_does():
+    from sklearn.metrics import jaccard_score
+
+    from wsloc.metrics import MaskIoU
+
+    rng = np.random.default_rng(0)
+    preds = [rng.random((3, 9, 11)) > 0.6 for _ in range(4)]
+    truths = [rng.random((3, 9, 11)) > 0.7 for _ in range(4)]
+    truths[2][1] = False  # an image without class 1: its predicted pixels still count
+    preds[3][2] = False
+    scores = MaskIoU(["a", "b", "c"])
+    for p, t in zip(preds, truths):
+        scores.update(p, t)
+    got = scores.result()
+    for k, name in enumerate("abc"):
+        want = jaccard_score(np.concatenate([t[k].ravel() for t in truths]),
+                             np.concatenate([p[k].ravel() for p in preds]))
+        assert got["iou"][name] == pytest.approx(want)
+    assert got["mean_iou"] == pytest.approx(np.mean(list(got["iou"].values())))
+    empty = MaskIoU(["a"])
+    empty.update(np.zeros((1, 2, 2), bool), np.zeros((1, 2, 2), bool))
+    assert empty.result() == {"iou": {"a": None}, "mean_iou": None}
+    with pytest.raises(ValueError, match="masks of shape"):
+        empty.update(np.zeros((2, 2, 2), bool), np.zeros((2, 2, 2), bool))

@@ -88,6 +88,25 @@ def _heatmap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segment(args: argparse.Namespace) -> int:
+    from wsloc.engine.segment import run_segment
+
+    summary = run_segment(args.checkpoint, args.inputs, args.out, batch_size=args.batch_size,
+                          min_probability=args.min_probability,
+                          cam_threshold=args.cam_threshold, n_segments=args.superpixels,
+                          compactness=args.compactness, sigma=args.slic_sigma,
+                          device=args.device)
+    print(f"{summary['images']} film(s), {summary['masks']} mask(s) ({summary['method']}): "
+          f"{args.out}/masks/, {args.out}/overlays/, {args.out}/boxes.json")
+    for path, why in summary["failed"]:
+        print(f"failed: {path}: {why}", file=sys.stderr)
+    if summary["failed"]:
+        print(f"{len(summary['failed'])} input(s) could not be read (listed in "
+              f"{args.out}/failed.txt)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _score_boxes(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -119,6 +138,13 @@ def _bench_heatmap(args: argparse.Namespace) -> int:
 
     heatmap.run(checkpoint=args.checkpoint, device=args.device, batch=args.batch,
                 frame=args.frame, out_dir=args.out)
+    return 0
+
+
+def _bench_segment(args: argparse.Namespace) -> int:
+    from wsloc.bench import segment
+
+    segment.run(checkpoint=args.checkpoint, frames=args.frames, n=args.n, out_dir=args.out)
     return 0
 
 
@@ -170,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     b_heat.add_argument("--frame", type=int, default=256, help="the films' size in pixels")
     b_heat.add_argument("--out", default="benchmarks", help="folder for the JSON results")
     b_heat.set_defaults(func=_bench_heatmap)
+    b_seg = bench_sub.add_parser(
+        "segment", help="what each stage of the pixel pipeline costs per film (CPU)")
+    b_seg.add_argument("--checkpoint", help="a trained pixel model (default: the pixel "
+                                            "demo's architecture, untrained)")
+    b_seg.add_argument("--frames", type=int, nargs="+", default=[256, 1024],
+                       help="film sizes in pixels (default 256 1024)")
+    b_seg.add_argument("--n", type=int, default=8, help="films per size")
+    b_seg.add_argument("--out", default="benchmarks", help="folder for the JSON results")
+    b_seg.set_defaults(func=_bench_segment)
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-root", required=True, help="the NIH ChestX-ray14 folder")
@@ -239,6 +274,35 @@ def build_parser() -> argparse.ArgumentParser:
     p_heat.add_argument("--batch-size", type=int, default=16)
     p_heat.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p_heat.set_defaults(func=_heatmap)
+
+    from wsloc.segment import SLIC_COMPACTNESS, SLIC_SEGMENTS, SLIC_SIGMA
+
+    p_seg = sub.add_parser(
+        "segment", help="finding masks for your own films (PNG/JPEG/DICOM)",
+        description="Masks with a trained checkpoint: a pixel model's (pixel scores, "
+                    "image-level prior, SLIC smoothing prior) or a ChestX-ray8 model's "
+                    "thresholded CAMs. Writes OUT/masks/<name>__<Finding>.png (0/255, the "
+                    "film's size) for each finding called present, OUT/overlays/<name>.png "
+                    "and OUT/boxes.json. Unreadable inputs are listed and the rest "
+                    "processed; the exit code is 1 if any failed.")
+    p_seg.add_argument("--checkpoint", required=True, help="a best.pt or last.pt")
+    p_seg.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders")
+    p_seg.add_argument("--out", required=True, help="a new folder")
+    p_seg.add_argument("--min-probability", type=float, default=0.5,
+                       help="findings at or above it get masks (default 0.5)")
+    p_seg.add_argument("--cam-threshold", type=int, default=60,
+                       help="ChestX-ray8 checkpoints: the CAM threshold on [0, 255] "
+                            "(default 60)")
+    p_seg.add_argument("--superpixels", type=int, default=SLIC_SEGMENTS,
+                       help=f"SLIC segments per film (default {SLIC_SEGMENTS})")
+    p_seg.add_argument("--compactness", type=float, default=SLIC_COMPACTNESS,
+                       help=f"SLIC compactness (default {SLIC_COMPACTNESS})")
+    p_seg.add_argument("--slic-sigma", type=float, default=SLIC_SIGMA,
+                       help=f"SLIC's pre-smoothing as a fraction of the film's longer side "
+                            f"(default 1/64 = {SLIC_SIGMA:.4f})")
+    p_seg.add_argument("--batch-size", type=int, default=16)
+    p_seg.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p_seg.set_defaults(func=_segment)
 
     p_score = sub.add_parser(
         "score-boxes", help="score any method's boxes by the paper's T(IoU)/T(IoBB) protocol",

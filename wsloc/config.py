@@ -40,6 +40,7 @@ DEFAULTS: dict = {
         "pool_on": "classes",
         "freeze_bn": False,
         "feature_stride": 4,
+        "head_channels": 128,  # the pixel model's 3×3 convolutions (model.name: pixel)
     },
     "train": {
         "epochs": 11,
@@ -127,6 +128,7 @@ _RULES = {
     ("model", "transition_channels"): ("an int >= 1", lambda v: _int(v) and v >= 1),
     ("model", "r"): ("a number > 0", lambda v: _num(v) and v > 0),
     ("model", "feature_stride"): ("4, 8, 16 or 32", lambda v: v in (4, 8, 16, 32)),
+    ("model", "head_channels"): ("an int >= 1", lambda v: _int(v) and v >= 1),
 }
 
 

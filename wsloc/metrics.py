@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["compute_auc", "mean_auc"]
+__all__ = ["compute_auc", "mean_auc", "box_overlaps", "localization_scores", "MaskIoU"]
 
 
 def compute_auc(scores: np.ndarray, labels: np.ndarray,
@@ -144,3 +144,34 @@ def localization_scores(pred: Sequence[dict], gt: dict[str, Sequence], classes: 
     if peaks is not None:
         out["pointing"] = table(pointed, n_images)
     return out
+
+
+class MaskIoU:
+    """Mask IoU per class as PASCAL VOC accumulates it: the intersection and the union of
+    each class's predicted and true masks summed over every image, then divided — so a
+    large finding weighs more than a small one, and a mask drawn on an image without the
+    finding adds to the union. ``mean`` averages the classes that have any pixel."""
+
+    def __init__(self, classes: Sequence[str]) -> None:
+        self.classes = list(classes)
+        self.inter = np.zeros(len(self.classes))
+        self.union = np.zeros(len(self.classes))
+        self.images = 0
+
+    def update(self, pred: np.ndarray, truth: np.ndarray) -> None:
+        """One image's boolean masks [C, H, W], predicted and true."""
+        pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+        if pred.shape != truth.shape or pred.shape[0] != len(self.classes):
+            raise ValueError(f"masks of shape {pred.shape} and {truth.shape} for "
+                             f"{len(self.classes)} classes")
+        self.inter += (pred & truth).sum((1, 2))
+        self.union += (pred | truth).sum((1, 2))
+        self.images += 1
+
+    def result(self) -> dict:
+        """{"iou": {class: IoU or None (no pixel in either)}, "mean_iou": ...}."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = self.inter / self.union
+        per = {c: (None if np.isnan(v) else float(v)) for c, v in zip(self.classes, iou)}
+        valid = [v for v in per.values() if v is not None]
+        return {"iou": per, "mean_iou": float(np.mean(valid)) if valid else None}

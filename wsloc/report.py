@@ -188,6 +188,21 @@ def localization_tables(scores: dict, label: str) -> str:
             "of a finding matching none of its boxes, per film that has one.")
 
 
+def segmentation_table(result: dict, label: str) -> str:
+    """Mask IoU per finding and mean IoU, one row per mask stage, from
+    :func:`wsloc.engine.segment.segment_split`."""
+    stages = result["stages"]
+    classes = list(next(iter(stages.values()))["iou"])
+    head = (f"| mask IoU, {label} ({result['images']} films) | "
+            + " | ".join(_short(c) for c in classes) + " | mean IoU |")
+    lines = [head, "|" + "---|" * (len(classes) + 2)]
+    for stage, r in stages.items():
+        cells = ["–" if r["iou"][c] is None else f"{r['iou'][c]:.4f}" for c in classes]
+        mean = "–" if r["mean_iou"] is None else f"{r['mean_iou']:.4f}"
+        lines.append(f"| {stage} | " + " | ".join(cells) + f" | {mean} |")
+    return "\n".join(lines)
+
+
 def overlay_png(path: str | Path, film: np.ndarray, loc, max_side: int = 384) -> None:
     """One PNG a person reads at a glance: the film, then one panel per shown class with
     its heatmap (JET, blended by heat), its boxes (thin: threshold 60, thick: the higher

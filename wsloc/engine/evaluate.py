@@ -78,9 +78,19 @@ def evaluate(checkpoint: str | Path, data_root: str | Path | None = None, split:
     ``results.md`` (laid out like the paper's table, the paper's ResNet-50 beside ours).
     When the split has boxes (the NIH release's, or the synthetic set's), also the paper's
     localization protocol (:func:`localize_split`): ``localization.json``, ``boxes.json``
-    and the T(IoBB) / T(IoU) / AFP / pointing-game tables in ``results.md``.
+    and the T(IoBB) / T(IoU) / AFP / pointing-game tables in ``results.md``. When the data
+    has masks (the synthetic set), also the masks' IoU per finding and mean IoU
+    (:func:`wsloc.engine.segment.segment_split`): each stage of a pixel model's pipeline,
+    or a ChestX-ray8 model's thresholded CAMs; ``segmentation.json``.
     Without ``data_root``, the data the checkpoint was trained on."""
-    from wsloc.report import auc_table, localization_tables, plot_roc, write_metrics
+    from wsloc.engine.segment import model_kind, segment_split
+    from wsloc.report import (
+        auc_table,
+        localization_tables,
+        plot_roc,
+        segmentation_table,
+        write_metrics,
+    )
 
     checkpoint = Path(checkpoint)
     model, cfg, _, _ = load_trained(checkpoint)
@@ -116,6 +126,15 @@ def evaluate(checkpoint: str | Path, data_root: str | Path | None = None, split:
             write_metrics(out_dir / "boxes.json", boxes)
             table += "\n\n" + localization_tables(scores_loc, "wsloc")
             written += ["localization.json", "boxes.json"]
+        masks = segment_split(model, dataset, cfg, batch_size or cfg["train"]["batch_size"],
+                              progress)
+        if masks is not None:
+            result["segmentation"] = masks
+            write_metrics(out_dir / "segmentation.json", masks)
+            method = ("pixel model" if model_kind(cfg) == "pixel" else
+                      "ChestX-ray8 CAM masks, findings with p ≥ 0.5")
+            table += "\n\n" + segmentation_table(masks, method)
+            written.append("segmentation.json")
         (out_dir / "results.md").write_text(table + note + "\n")
         result["out"] = str(out_dir)
         print(table + note)

@@ -1,14 +1,21 @@
 """Models, built by name from a config (``build_model``)."""
 
 from wsloc.models.chestxray8 import POOLINGS, ChestXray8Net, build_pooling
+from wsloc.models.pixel import PixelNet
 
-__all__ = ["ChestXray8Net", "POOLINGS", "build_pooling", "build_model"]
+__all__ = ["ChestXray8Net", "PixelNet", "POOLINGS", "build_pooling", "build_model", "MODELS"]
+
+MODELS = ("chestxray8", "pixel")
 
 
 def build_model(cfg: dict, num_classes: int) -> ChestXray8Net:
-    """The model of a config's ``model`` section."""
+    """The model of a config's ``model`` section: ``name: chestxray8`` (the CAM pipeline) or
+    ``pixel`` (image-to-pixel, :class:`PixelNet`; ``head_channels`` is its alone)."""
     m = dict(cfg)
     name = m.pop("name", "chestxray8")
-    if name != "chestxray8":
-        raise ValueError(f"unknown model.name {name!r}; choose 'chestxray8'")
-    return ChestXray8Net(num_classes, **m)
+    head_channels = m.pop("head_channels", 128)
+    if name == "chestxray8":
+        return ChestXray8Net(num_classes, **m)
+    if name == "pixel":
+        return PixelNet(num_classes, head_channels=head_channels, **m)
+    raise ValueError(f"unknown model.name {name!r}; choose one of {', '.join(MODELS)}")

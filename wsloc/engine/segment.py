@@ -1,0 +1,290 @@
+"""``wsloc segment``: masks for a user's films, and the masks' IoU in ``wsloc evaluate``.
+
+A pixel model's masks go through :mod:`wsloc.segment`'s three stages (pixel scores, the
+image-level prior, the smoothing prior); a ChestX-ray8 model's are its thresholded CAMs,
+so the two methods are compared with one tool.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from wsloc.cam import class_activation_maps
+from wsloc.metrics import MaskIoU
+from wsloc.segment import (
+    SLIC_COMPACTNESS,
+    SLIC_SEGMENTS,
+    SLIC_SIGMA,
+    apply_image_prior,
+    cam_masks,
+    label_map,
+    masks_of,
+    pixel_probabilities,
+    smooth,
+    superpixels,
+)
+
+__all__ = ["Segmenter", "run_segment", "segment_split", "STAGES", "CAM_THRESHOLDS",
+           "model_kind"]
+
+STAGES = ("pixel scores", "+ image-level prior", "+ smoothing prior")
+CAM_THRESHOLDS = (60, 128, 180)
+
+
+def model_kind(cfg: dict) -> str:
+    """``"pixel"`` or ``"chestxray8"``, from a checkpoint's config."""
+    return cfg["model"].get("name", "chestxray8")
+
+
+class Segmenter:
+    """Masks of a batch of films in their own pixels, from one forward pass.
+
+    Args:
+        model: a trained :class:`~wsloc.models.PixelNet` or ChestXray8Net, in eval mode.
+        classes: its class names.
+        net_size: (height, width) of the network's input.
+        kind: ``"pixel"`` or ``"chestxray8"`` (:func:`model_kind`).
+        min_probability: findings below it get no mask (the image-level prior's cut).
+        cam_thresholds: for a ChestX-ray8 model, the CAM thresholds (on [0, 255]).
+        n_segments, compactness, sigma: the SLIC superpixels of the smoothing prior
+            (:func:`wsloc.segment.superpixels`).
+        channels_last: feed the network channels_last (as it was trained).
+    """
+
+    def __init__(self, model, classes: Sequence[str], net_size: tuple[int, int], kind: str,
+                 min_probability: float = 0.5, cam_thresholds: Sequence[int] = CAM_THRESHOLDS,
+                 n_segments: int = SLIC_SEGMENTS, compactness: float = SLIC_COMPACTNESS,
+                 sigma: float = SLIC_SIGMA, channels_last: bool = False) -> None:
+        if kind not in ("pixel", "chestxray8"):
+            raise ValueError(f"unknown model kind {kind!r}")
+        if not 0.0 <= min_probability <= 1.0:
+            raise ValueError(f"the probability threshold must be in [0, 1], got "
+                             f"{min_probability}")
+        self.model, self.classes, self.kind = model, list(classes), kind
+        self.net_size = tuple(net_size)
+        self.min_probability = min_probability
+        self.cam_thresholds = tuple(cam_thresholds)
+        self.n_segments, self.compactness, self.sigma = n_segments, compactness, sigma
+        self.geometry = model.cell_geometry()
+        self.device = next(model.parameters()).device
+        self.channels_last = channels_last
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The names of the mask sets :meth:`masks` returns; the last is the method's."""
+        if self.kind == "pixel":
+            return STAGES
+        return tuple(f"CAM > {t}" for t in self.cam_thresholds)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(probabilities [N, C], planes [N, C, S, S]): the pixel model's class-minus-
+        background planes, or the ChestX-ray8 model's CAMs."""
+        x = x.to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        probs, planes = class_activation_maps(self.model, x)
+        return probs.cpu(), planes.cpu()
+
+    def masks(self, film: np.ndarray, probs: Tensor, planes: Tensor,
+              stages: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """One film [H, W] in [0, 1]: {stage: boolean masks [C, H, W]} for each of
+        ``stages`` (default: all; the smoothing stage is the costly one)."""
+        stages = self.stages if stages is None else stages
+        frame = tuple(film.shape)
+        keep = (probs >= self.min_probability).tolist()
+        if self.kind == "chestxray8":
+            return {s: cam_masks(planes, frame, self.net_size, self.geometry,
+                                 int(s.rsplit(" ", 1)[1]), keep) for s in stages}
+        c = len(self.classes)
+        p = pixel_probabilities(planes, frame, self.net_size, self.geometry)
+        out = {}
+        if STAGES[0] in stages:
+            out[STAGES[0]] = masks_of(label_map(p), c)
+        if STAGES[1] in stages or STAGES[2] in stages:
+            weighted = apply_image_prior(p, probs, self.min_probability)
+            if STAGES[1] in stages:
+                out[STAGES[1]] = masks_of(label_map(weighted), c)
+            if STAGES[2] in stages:
+                segments = superpixels(film, self.n_segments, self.compactness, self.sigma)
+                out[STAGES[2]] = masks_of(label_map(smooth(weighted, segments)), c)
+        return out
+
+
+def mask_boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """(x1, y1, x2, y2), x2/y2 exclusive, of each 8-connected region of a boolean mask."""
+    import cv2
+
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    return [(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h, _ in stats[1:n]]
+
+
+def _overlay(path: Path, film: np.ndarray, name: str, shown: list[tuple[str, float, np.ndarray]],
+             max_side: int = 384) -> None:
+    """The film, then one panel per finding: its mask filled in red with its outline."""
+    import cv2
+
+    h, w = film.shape
+    scale = min(1.0, max_side / max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    gray = cv2.resize(np.clip(film * 255, 0, 255).astype(np.uint8), size,
+                      interpolation=cv2.INTER_AREA)
+    base = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    font, fs = cv2.FONT_HERSHEY_SIMPLEX, max(0.35, size[0] / 700)
+
+    def caption(img, text):
+        (tw, th), bl = cv2.getTextSize(text, font, fs, 1)
+        cv2.rectangle(img, (0, 0), (tw + 8, th + bl + 8), (0, 0, 0), -1)
+        cv2.putText(img, text, (4, th + 4), font, fs, (255, 255, 255), 1, cv2.LINE_AA)
+
+    first = base.copy()
+    caption(first, name if shown else f"{name}: no finding")
+    panels = [first]
+    for label, p, mask in shown:
+        m = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+        panel = base.copy()
+        panel[m > 0] = (0.55 * panel[m > 0] + 0.45 * np.array([0, 0, 255])).astype(np.uint8)
+        contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(panel, contours, -1, (0, 255, 255), 1)
+        caption(panel, f"{label} p={p:.2f}")
+        panels.append(panel)
+    gap = np.full((size[1], 4, 3), 255, np.uint8)
+    row = panels[0]
+    for p in panels[1:]:
+        row = np.hstack([row, gap, p])
+    cv2.imwrite(str(path), row)
+
+
+def run_segment(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Path,
+                batch_size: int = 16, min_probability: float = 0.5, cam_threshold: int = 60,
+                n_segments: int = SLIC_SEGMENTS, compactness: float = SLIC_COMPACTNESS,
+                sigma: float = SLIC_SIGMA, device: str = "auto", overlays: bool = True,
+                progress: bool = True) -> dict:
+    """Masks for every input film (PNG/JPEG/DICOM files or folders).
+
+    Writes ``OUT/masks/<stem>__<Finding>.png`` (0/255, the film's size, the synthetic set's
+    convention) for each finding the model calls present, ``OUT/overlays/<stem>.png``,
+    ``OUT/boxes.json`` (one record per mask region, ``wsloc heatmap``'s format; score = the
+    region's share of the film) and ``OUT/failed.txt`` listing unreadable inputs with their
+    reasons. A pixel checkpoint's masks are its full pipeline; a ChestX-ray8 checkpoint's,
+    its CAMs above ``cam_threshold``. Returns a summary: images, masks, failed.
+    """
+    import cv2
+    from tqdm import tqdm
+
+    from wsloc.data.images import ImageReadError, read_image
+    from wsloc.data.transforms import build_transform
+    from wsloc.engine.common import load_trained
+    from wsloc.engine.distributed import setup
+    from wsloc.engine.heatmap import _unique_stems, collect_inputs
+
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive int, got {batch_size!r}")
+    if not 0 <= cam_threshold < 255:
+        raise ValueError(f"--cam-threshold must be in [0, 255), got {cam_threshold}")
+    files = collect_inputs(inputs)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; choose a new --out")
+    dev = setup(device).device
+    model, cfg, classes, _ = load_trained(checkpoint, dev)
+    kind = model_kind(cfg)
+    size = cfg["data"]["image_size"]
+    seg = Segmenter(model, classes, (size, size), kind, min_probability, (cam_threshold,),
+                    n_segments, compactness, sigma, cfg["train"]["channels_last"])
+    final = seg.stages[-1]
+    transform = build_transform("eval", size)
+    for sub in ("masks", "overlays") if overlays else ("masks",):
+        (out / sub).mkdir(parents=True)
+    stems = _unique_stems(files)
+    boxes: list[dict] = []
+    failed: list[tuple[Path, str]] = []
+    n_masks = 0
+    bar = tqdm(total=len(files), desc="segment", unit="img", disable=not progress)
+    for start in range(0, len(files), batch_size):
+        chunk = list(range(start, min(start + batch_size, len(files))))
+        films, tensors, keep = [], [], []
+        for i in chunk:
+            try:
+                film = read_image(files[i])
+            except (ImageReadError, FileNotFoundError, OSError) as err:
+                failed.append((files[i], str(err)))
+                continue
+            films.append(film)
+            tensors.append(torch.from_numpy(transform(image=film)["image"])[None])
+            keep.append(i)
+        if keep:
+            probs, planes = seg.forward(torch.stack(tensors))
+            for j, (film, i) in enumerate(zip(films, keep)):
+                masks = seg.masks(film, probs[j], planes[j], [final])[final]
+                shown = []
+                for c, label in enumerate(classes):
+                    if probs[j, c] < min_probability or not masks[c].any():
+                        continue
+                    cv2.imwrite(str(out / "masks" / f"{stems[i]}__{label}.png"),
+                                masks[c].astype(np.uint8) * 255)
+                    n_masks += 1
+                    shown.append((label, float(probs[j, c]), masks[c]))
+                    for x1, y1, x2, y2 in mask_boxes(masks[c]):
+                        area = float(masks[c][y1:y2, x1:x2].sum()) / masks[c].size
+                        boxes.append({"image": files[i].name, "class": label,
+                                      "probability": round(float(probs[j, c]), 6),
+                                      "x1": float(x1), "y1": float(y1), "x2": float(x2),
+                                      "y2": float(y2), "score": round(area, 6)})
+                if overlays:
+                    _overlay(out / "overlays" / f"{stems[i]}.png", film, files[i].name, shown)
+        bar.update(len(chunk))
+    bar.close()
+    (out / "boxes.json").write_text(json.dumps(boxes, indent=1) + "\n")
+    if failed:
+        (out / "failed.txt").write_text("".join(f"{p}\t{why}\n" for p, why in failed))
+    return {"images": len(files) - len(failed), "masks": n_masks, "boxes": len(boxes),
+            "failed": [(str(p), why) for p, why in failed], "out": str(out), "method": final}
+
+
+def segment_split(model, dataset, cfg: dict, batch_size: int, progress: bool = True,
+                  limit: int | None = None) -> dict | None:
+    """Mask IoU on a split whose films have masks (``masks/<stem>__<Finding>.png``, as the
+    synthetic set writes them), for each of the model's mask stages: per finding as PASCAL
+    VOC accumulates it (:class:`wsloc.metrics.MaskIoU`), and the mean over findings. Films
+    without a finding count too. None when the data has no ``masks/`` folder."""
+    import cv2
+    from tqdm import tqdm
+
+    from wsloc.data import collate, read_image
+
+    mask_dir = Path(dataset.root) / "masks"
+    if not mask_dir.is_dir():
+        return None
+    size = cfg["data"]["image_size"]
+    seg = Segmenter(model, dataset.classes, (size, size), model_kind(cfg),
+                    channels_last=cfg["train"]["channels_last"])
+    index = list(range(len(dataset)))[:limit]
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, index),
+                                         batch_size=batch_size, collate_fn=collate,
+                                         num_workers=cfg["data"]["num_workers"])
+    scores = {s: MaskIoU(dataset.classes) for s in seg.stages}
+    for batch in tqdm(loader, desc="masks", unit="batch", disable=not progress, leave=False):
+        probs, planes = seg.forward(batch["image"])
+        for j, name in enumerate(batch["id"]):
+            film = read_image(dataset.meta.paths[name])
+            truth = np.zeros((len(dataset.classes), *film.shape), bool)
+            for k, label in enumerate(dataset.classes):
+                path = mask_dir / f"{Path(name).stem}__{label}.png"
+                if path.exists():
+                    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+                    if m is None:
+                        raise ValueError(f"{path}: not a readable mask")
+                    if m.shape != film.shape:
+                        m = cv2.resize(m, film.shape[::-1], interpolation=cv2.INTER_NEAREST)
+                    truth[k] = m > 127
+            for stage, masks in seg.masks(film, probs[j], planes[j]).items():
+                scores[stage].update(masks, truth)
+    result = {"images": len(index),
+              "stages": {stage: scores[stage].result() for stage in seg.stages}}
+    return result
