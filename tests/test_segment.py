@@ -59,6 +59,13 @@ def test_superpixels_follow_the_film_and_label_maps_pick_the_largest():
     assert seg.shape == film.shape and seg.min() == 0
     for s in np.unique(seg):
         assert len(np.unique(film[seg == s])) == 1
+    # a film larger than SLIC's working size is segmented small, labels scaled back
+    big = np.zeros((600, 300), np.float32)
+    big[:, 150:] = 1.0
+    seg = superpixels(big, n_segments=16, sigma=0, max_side=256)
+    assert seg.shape == big.shape and 8 <= len(np.unique(seg)) <= 32
+    for s in np.unique(seg):
+        assert len(np.unique(big[seg == s])) == 1
     with pytest.raises(ValueError, match="number of superpixels"):
         superpixels(film, n_segments=0)
     with pytest.raises(ValueError, match="compactness > 0 and sigma >= 0"):
