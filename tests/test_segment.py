@@ -12,6 +12,7 @@ from wsloc.segment import (
     masks_of,
     pixel_probabilities,
     smooth,
+    smoothed_label_map,
     superpixels,
 )
 
@@ -50,6 +51,13 @@ def test_smooth_is_the_mean_over_each_superpixel():
     assert np.allclose(got, want, atol=1e-6)
     with pytest.raises(ValueError, match="superpixels of shape"):
         smooth(probs, segments[:10])
+    # the fast path labels each superpixel by the argmax of its means
+    assert torch.equal(smoothed_label_map(probs, segments),
+                       torch.from_numpy(want.argmax(0)))
+    # and label_map is torch's argmax (the first on a tie)
+    ties = torch.tensor([[[0.5, 0.2]], [[0.5, 0.7]], [[0.1, 0.7]]])
+    assert torch.equal(label_map(probs), probs.argmax(0))
+    assert label_map(ties).tolist() == [[0, 1]]
 
 
 def test_superpixels_follow_the_film_and_label_maps_pick_the_largest():

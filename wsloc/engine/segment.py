@@ -26,7 +26,7 @@ from wsloc.segment import (
     label_map,
     masks_of,
     pixel_probabilities,
-    smooth,
+    smoothed_label_map,
     superpixels,
 )
 
@@ -112,7 +112,7 @@ class Segmenter:
                 out[STAGES[1]] = masks_of(label_map(weighted), c)
             if STAGES[2] in stages:
                 segments = superpixels(film, self.n_segments, self.compactness, self.sigma)
-                out[STAGES[2]] = masks_of(label_map(smooth(weighted, segments)), c)
+                out[STAGES[2]] = masks_of(smoothed_label_map(weighted, segments), c)
         return out
 
 
