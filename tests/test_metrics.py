@@ -59,6 +59,13 @@ def test_mask_iou_accumulates_over_images_as_voc_does():
                              np.concatenate([p[k].ravel() for p in preds]))
         assert got["iou"][name] == pytest.approx(want)
     assert got["mean_iou"] == pytest.approx(np.mean(list(got["iou"].values())))
+    # known: an image counts only for the classes whose truth it holds
+    part = MaskIoU(["a", "b"])
+    p = np.ones((2, 2, 2), bool)
+    t = np.zeros((2, 2, 2), bool)
+    t[0, 0] = True
+    part.update(p, t, known=[True, False])
+    assert part.result() == {"iou": {"a": 0.5, "b": None}, "mean_iou": 0.5}
     empty = MaskIoU(["a"])
     empty.update(np.zeros((1, 2, 2), bool), np.zeros((1, 2, 2), bool))
     assert empty.result() == {"iou": {"a": None}, "mean_iou": None}

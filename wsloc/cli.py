@@ -66,7 +66,8 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from wsloc.engine.evaluate import evaluate
 
-    evaluate(args.checkpoint, data_root=args.data_root, split=args.split, out=args.out)
+    evaluate(args.checkpoint, data_root=args.data_root, split=args.split, out=args.out,
+             compare=args.compare)
     return 0
 
 
@@ -251,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--data-root", help="default: the data the checkpoint was trained on")
     p_eval.add_argument("--split", default="test", choices=["train", "val", "test"])
     p_eval.add_argument("--out", help="default: eval-<split> beside the checkpoint")
+    p_eval.add_argument("--compare", metavar="CHECKPOINT",
+                        help="another checkpoint whose masks are scored on the same films "
+                             "and tabled beside (e.g. a ChestX-ray8 model beside a pixel "
+                             "model)")
     p_eval.set_defaults(func=_evaluate)
 
     p_heat = sub.add_parser(

@@ -158,14 +158,17 @@ class MaskIoU:
         self.union = np.zeros(len(self.classes))
         self.images = 0
 
-    def update(self, pred: np.ndarray, truth: np.ndarray) -> None:
-        """One image's boolean masks [C, H, W], predicted and true."""
+    def update(self, pred: np.ndarray, truth: np.ndarray, known=None) -> None:
+        """One image's boolean masks [C, H, W], predicted and true; ``known`` [C] (default
+        all): the classes whose truth this image holds — the others are left out of its
+        counts (a film with boxes of some findings says nothing of the rest)."""
         pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
         if pred.shape != truth.shape or pred.shape[0] != len(self.classes):
             raise ValueError(f"masks of shape {pred.shape} and {truth.shape} for "
                              f"{len(self.classes)} classes")
-        self.inter += (pred & truth).sum((1, 2))
-        self.union += (pred | truth).sum((1, 2))
+        keep = np.ones(len(self.classes), bool) if known is None else np.asarray(known, bool)
+        self.inter += np.where(keep, (pred & truth).sum((1, 2)), 0)
+        self.union += np.where(keep, (pred | truth).sum((1, 2)), 0)
         self.images += 1
 
     def result(self) -> dict:

@@ -188,18 +188,22 @@ def localization_tables(scores: dict, label: str) -> str:
             "of a finding matching none of its boxes, per film that has one.")
 
 
-def segmentation_table(result: dict, label: str) -> str:
+def segmentation_table(result: dict, label: str, header: bool = True) -> str:
     """Mask IoU per finding and mean IoU, one row per mask stage, from
-    :func:`wsloc.engine.segment.segment_split`."""
+    :func:`wsloc.engine.segment.segment_split`; without ``header``, rows to append to
+    another such table (each stage then named with ``label``)."""
     stages = result["stages"]
     classes = list(next(iter(stages.values()))["iou"])
-    head = (f"| mask IoU, {label} ({result['images']} films) | "
-            + " | ".join(_short(c) for c in classes) + " | mean IoU |")
-    lines = [head, "|" + "---|" * (len(classes) + 2)]
+    lines = []
+    if header:
+        lines = [f"| mask IoU, {label} ({result['images']} films) | "
+                 + " | ".join(_short(c) for c in classes) + " | mean IoU |",
+                 "|" + "---|" * (len(classes) + 2)]
     for stage, r in stages.items():
         cells = ["–" if r["iou"][c] is None else f"{r['iou'][c]:.4f}" for c in classes]
         mean = "–" if r["mean_iou"] is None else f"{r['mean_iou']:.4f}"
-        lines.append(f"| {stage} | " + " | ".join(cells) + f" | {mean} |")
+        name = stage if header else f"{label}: {stage}"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} |")
     return "\n".join(lines)
 
 

@@ -114,7 +114,7 @@ def test_evaluate_reports_mask_iou_as_voc_does(runs, tmp_path):
 
     pixel, cam = runs
     res = main(["evaluate", "--checkpoint", str(pixel / "best.pt"), "--out",
-                str(tmp_path / "ev")])
+                str(tmp_path / "ev"), "--compare", str(cam / "best.pt")])
     assert res == 0
     doc = json.loads((tmp_path / "ev" / "segmentation.json").read_text())
     assert list(doc["stages"]) == list(STAGES)
@@ -146,6 +146,10 @@ def test_evaluate_reports_mask_iou_as_voc_does(runs, tmp_path):
     doc2 = json.loads((tmp_path / "ev2" / "segmentation.json").read_text())
     assert list(doc2["stages"]) == ["CAM > 60", "CAM > 128", "CAM > 180"]
     assert doc2["images"] == doc["images"] == len(ds)
+    # --compare scored the ChestX-ray8 model's masks on the same films, beside the pixel's
+    assert doc["compare"]["stages"] == doc2["stages"]
+    assert "ChestX-ray8 CAM masks, findings with p ≥ 0.5: CAM > 180" in (
+        tmp_path / "ev" / "results.md").read_text()
 
 
 def test_wrong_model_types_are_clear_errors(runs, tmp_path, capsys):
@@ -158,3 +162,46 @@ def test_wrong_model_types_are_clear_errors(runs, tmp_path, capsys):
 
     with pytest.raises(ValueError, match="takes a pixel-model checkpoint"):
         segment.run(checkpoint=cam / "best.pt", frames=(64,), n=1, out_dir=tmp_path / "b")
+
+
+def test_without_masks_the_boxes_filled_are_the_truth(runs, tmp_path):
+    """NIH has boxes, not masks: each finding is scored on the films with boxes of it."""
+    from wsloc.engine.common import load_trained, make_dataset
+    from wsloc.engine.segment import segment_split
+
+    pixel, _ = runs
+    root = tmp_path / "nomasks"
+    shutil.copytree(_synthetic(pixel), root, ignore=shutil.ignore_patterns("masks"))
+    model, cfg, classes, _ = load_trained(pixel / "best.pt")
+    ds = make_dataset(cfg, root, "test", "eval")
+    got = segment_split(model, ds, cfg, 8, progress=False)
+    boxed = [r for r in ds.records if r.boxes]
+    assert got["truth"] == "boxes" and got["images"] == len(boxed) > 0
+    # by hand, for each finding: Jaccard over the films that have a box of it, the boxes
+    # filled (the synthetic set's boxes are in its films' own 64² pixels)
+    from sklearn.metrics import jaccard_score
+
+    from wsloc.data import read_image
+    from wsloc.data.transforms import build_transform
+    from wsloc.engine.segment import Segmenter
+
+    seg = Segmenter(model, classes, (64, 64), "pixel")
+    final = seg.stages[-1]
+    for c, label in enumerate(classes):
+        films = [r for r in boxed if any(b.label == label for b in r.boxes)]
+        if not films:
+            assert got["stages"][final]["iou"][label] is None
+            continue
+        pred, truth = [], []
+        for r in films:
+            film = read_image(ds.meta.paths[r.name])
+            x = torch.from_numpy(build_transform("eval", 64)(image=film)["image"])[None, None]
+            probs, planes = seg.forward(x)
+            pred.append(seg.masks(film, probs[0], planes[0], [final])[final][c].ravel())
+            t = np.zeros(film.shape, bool)
+            for b in r.boxes:
+                if b.label == label:
+                    t[round(b.y1):round(b.y2), round(b.x1):round(b.x2)] = True
+            truth.append(t.ravel())
+        want = jaccard_score(np.concatenate(truth), np.concatenate(pred), zero_division=0)
+        assert got["stages"][final]["iou"][label] == pytest.approx(want, abs=1e-9), label

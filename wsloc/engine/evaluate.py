@@ -71,9 +71,33 @@ def localize_split(model, dataset, cfg: dict, batch_size: int, progress: bool = 
     return localization_scores(pred, gt, dataset.classes, peaks=peaks), pred
 
 
+def _method(cfg: dict) -> str:
+    from wsloc.engine.segment import model_kind
+
+    return ("pixel model" if model_kind(cfg) == "pixel" else
+            "ChestX-ray8 CAM masks, findings with p ≥ 0.5")
+
+
+def _compare_masks(checkpoint, cfg: dict, root: Path, split: str, classes, batch_size,
+                   progress: bool) -> dict:
+    """The mask IoU of another checkpoint on the same films (its own input size)."""
+    from wsloc.engine.segment import segment_split
+
+    model, other, other_classes, _ = load_trained(checkpoint)
+    if list(other_classes) != list(classes):
+        raise ValueError(f"--compare {checkpoint}: its classes {other_classes} are not the "
+                         f"evaluated model's {list(classes)}")
+    other["data"]["root"] = cfg["data"]["root"]
+    dataset = make_dataset(other, root, split, other["data"]["eval_transform"])
+    out = segment_split(model, dataset, other, batch_size or other["train"]["batch_size"],
+                        progress)
+    out["checkpoint"], out["config"] = str(checkpoint), {"model": other["model"]}
+    return out
+
+
 def evaluate(checkpoint: str | Path, data_root: str | Path | None = None, split: str = "test",
              out: str | Path | None = None, batch_size: int | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, compare: str | Path | None = None) -> dict:
     """Evaluate a checkpoint: per-class AUC, mean AUC, ``metrics.json``, ``roc.png`` and
     ``results.md`` (laid out like the paper's table, the paper's ResNet-50 beside ours).
     When the split has boxes (the NIH release's, or the synthetic set's), also the paper's
@@ -81,9 +105,11 @@ def evaluate(checkpoint: str | Path, data_root: str | Path | None = None, split:
     and the T(IoBB) / T(IoU) / AFP / pointing-game tables in ``results.md``. When the data
     has masks (the synthetic set), also the masks' IoU per finding and mean IoU
     (:func:`wsloc.engine.segment.segment_split`): each stage of a pixel model's pipeline,
-    or a ChestX-ray8 model's thresholded CAMs; ``segmentation.json``.
+    or a ChestX-ray8 model's thresholded CAMs; ``segmentation.json``. ``compare``: another
+    checkpoint whose masks are scored on the same films and tabled beside (e.g. the
+    ChestX-ray8 model trained on the same data, beside a pixel model).
     Without ``data_root``, the data the checkpoint was trained on."""
-    from wsloc.engine.segment import model_kind, segment_split
+    from wsloc.engine.segment import segment_split
     from wsloc.report import (
         auc_table,
         localization_tables,
@@ -129,11 +155,16 @@ def evaluate(checkpoint: str | Path, data_root: str | Path | None = None, split:
         masks = segment_split(model, dataset, cfg, batch_size or cfg["train"]["batch_size"],
                               progress)
         if masks is not None:
+            if compare is not None:
+                masks["compare"] = _compare_masks(compare, cfg, root, split, dataset.classes,
+                                                  batch_size, progress)
             result["segmentation"] = masks
             write_metrics(out_dir / "segmentation.json", masks)
-            method = ("pixel model" if model_kind(cfg) == "pixel" else
-                      "ChestX-ray8 CAM masks, findings with p ≥ 0.5")
-            table += "\n\n" + segmentation_table(masks, method)
+            table += "\n\n" + segmentation_table(masks, _method(cfg))
+            if compare is not None:
+                table += "\n" + segmentation_table(masks["compare"],
+                                                    _method(masks["compare"]["config"]),
+                                                    header=False)
             written.append("segmentation.json")
         (out_dir / "results.md").write_text(table + note + "\n")
         result["out"] = str(out_dir)

@@ -247,44 +247,82 @@ def run_segment(checkpoint: str | Path, inputs: Sequence[str | Path], out: str |
             "failed": [(str(p), why) for p, why in failed], "out": str(out), "method": final}
 
 
+def _truth_from_masks(mask_dir: Path, name: str, classes, shape) -> np.ndarray:
+    import cv2
+
+    truth = np.zeros((len(classes), *shape), bool)
+    for k, label in enumerate(classes):
+        path = mask_dir / f"{Path(name).stem}__{label}.png"
+        if path.exists():
+            m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+            if m is None:
+                raise ValueError(f"{path}: not a readable mask")
+            if m.shape != shape:
+                m = cv2.resize(m, shape[::-1], interpolation=cv2.INTER_NEAREST)
+            truth[k] = m > 127
+    return truth
+
+
+def _truth_from_boxes(record, dataset, shape) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes filled as masks, in the film's pixels (scaled from the box file's frame), and
+    which classes the film has boxes of."""
+    classes = list(dataset.classes)
+    truth = np.zeros((len(classes), *shape), bool)
+    known = np.zeros(len(classes), bool)
+    fw, fh = (shape[1], shape[0]) if dataset.box_frame == "image" else dataset.box_frame
+    sx, sy = shape[1] / fw, shape[0] / fh
+    for b in record.boxes:
+        if b.label not in dataset.class_index:
+            continue
+        k = classes.index(b.label)
+        known[k] = True
+        x1, x2 = (int(round(v * sx)) for v in (b.x1, b.x2))
+        y1, y2 = (int(round(v * sy)) for v in (b.y1, b.y2))
+        truth[k, max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)] = True
+    return truth, known
+
+
 def segment_split(model, dataset, cfg: dict, batch_size: int, progress: bool = True,
                   limit: int | None = None) -> dict | None:
-    """Mask IoU on a split whose films have masks (``masks/<stem>__<Finding>.png``, as the
-    synthetic set writes them), for each of the model's mask stages: per finding as PASCAL
-    VOC accumulates it (:class:`wsloc.metrics.MaskIoU`), and the mean over findings. Films
-    without a finding count too. None when the data has no ``masks/`` folder."""
-    import cv2
+    """Mask IoU of the model's masks on a split, for each of its mask stages: per finding
+    as PASCAL VOC accumulates it (:class:`wsloc.metrics.MaskIoU`), and the mean over
+    findings. The truth: the data's masks (``masks/<stem>__<Finding>.png``, as the synthetic
+    set writes them; every film of the split counts, with or without the finding), or else
+    its boxes filled as masks (the NIH release: only the films with boxes, each finding
+    scored on the films that have boxes of it). None when the data has neither."""
     from tqdm import tqdm
 
     from wsloc.data import collate, read_image
 
     mask_dir = Path(dataset.root) / "masks"
-    if not mask_dir.is_dir():
-        return None
+    if mask_dir.is_dir():
+        source, index = "masks", list(range(len(dataset)))
+    else:
+        source = "boxes"
+        index = [i for i, r in enumerate(dataset.records)
+                 if any(b.label in dataset.class_index for b in r.boxes)]
+        if not index:
+            return None
+    index = index[:limit]
     size = cfg["data"]["image_size"]
     seg = Segmenter(model, dataset.classes, (size, size), model_kind(cfg),
                     channels_last=cfg["train"]["channels_last"])
-    index = list(range(len(dataset)))[:limit]
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, index),
                                          batch_size=batch_size, collate_fn=collate,
                                          num_workers=cfg["data"]["num_workers"])
+    records = {r.name: r for r in dataset.records}
     scores = {s: MaskIoU(dataset.classes) for s in seg.stages}
     for batch in tqdm(loader, desc="masks", unit="batch", disable=not progress, leave=False):
         probs, planes = seg.forward(batch["image"])
         for j, name in enumerate(batch["id"]):
             film = read_image(dataset.meta.paths[name])
-            truth = np.zeros((len(dataset.classes), *film.shape), bool)
-            for k, label in enumerate(dataset.classes):
-                path = mask_dir / f"{Path(name).stem}__{label}.png"
-                if path.exists():
-                    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-                    if m is None:
-                        raise ValueError(f"{path}: not a readable mask")
-                    if m.shape != film.shape:
-                        m = cv2.resize(m, film.shape[::-1], interpolation=cv2.INTER_NEAREST)
-                    truth[k] = m > 127
+            if source == "masks":
+                truth, known = _truth_from_masks(mask_dir, name, dataset.classes,
+                                                 film.shape), None
+            else:
+                truth, known = _truth_from_boxes(records[name], dataset, film.shape)
             for stage, masks in seg.masks(film, probs[j], planes[j]).items():
-                scores[stage].update(masks, truth)
-    result = {"images": len(index),
+                scores[stage].update(masks, truth, known)
+    result = {"images": len(index), "truth": source,
               "stages": {stage: scores[stage].result() for stage in seg.stages}}
     return result
