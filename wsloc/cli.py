@@ -80,11 +80,16 @@ def _heatmap(args: argparse.Namespace) -> int:
                           device=args.device)
     print(f"{summary['images']} film(s), {summary['boxes']} box(es): {args.out}/boxes.json, "
           f"{args.out}/overlays/")
+    return _failures(summary, args.out)
+
+
+def _failures(summary: dict, out: str) -> int:
+    """List the inputs a command could not read; its exit code (1 if any)."""
     for path, why in summary["failed"]:
         print(f"failed: {path}: {why}", file=sys.stderr)
     if summary["failed"]:
         print(f"{len(summary['failed'])} input(s) could not be read (listed in "
-              f"{args.out}/failed.txt)", file=sys.stderr)
+              f"{out}/failed.txt)", file=sys.stderr)
         return 1
     return 0
 
@@ -99,13 +104,7 @@ def _segment(args: argparse.Namespace) -> int:
                           device=args.device)
     print(f"{summary['images']} film(s), {summary['masks']} mask(s) ({summary['method']}): "
           f"{args.out}/masks/, {args.out}/overlays/, {args.out}/boxes.json")
-    for path, why in summary["failed"]:
-        print(f"failed: {path}: {why}", file=sys.stderr)
-    if summary["failed"]:
-        print(f"{len(summary['failed'])} input(s) could not be read (listed in "
-              f"{args.out}/failed.txt)", file=sys.stderr)
-        return 1
-    return 0
+    return _failures(summary, args.out)
 
 
 def _score_boxes(args: argparse.Namespace) -> int:
@@ -258,43 +257,42 @@ def build_parser() -> argparse.ArgumentParser:
                              "model)")
     p_eval.set_defaults(func=_evaluate)
 
+    films = argparse.ArgumentParser(add_help=False)  # what heatmap and segment share
+    films.add_argument("--checkpoint", required=True, help="a best.pt or last.pt")
+    films.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders")
+    films.add_argument("--out", required=True, help="a new folder")
+    films.add_argument("--min-probability", type=float, default=0.5,
+                       help="findings at or above it get heatmaps, boxes or masks "
+                            "(default 0.5)")
+    films.add_argument("--batch-size", type=int, default=16)
+    films.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
     p_heat = sub.add_parser(
-        "heatmap", help="heatmaps, boxes and overlays for your own films (PNG/JPEG/DICOM)",
+        "heatmap", parents=[films],
+        help="heatmaps, boxes and overlays for your own films (PNG/JPEG/DICOM)",
         description="Localize findings on films with a trained ChestX-ray8 checkpoint: "
                     "OUT/overlays/<name>.png, OUT/boxes.json (boxes in each film's own "
                     "pixels), and with --save-maps the raw heatmaps as .npy. Unreadable "
                     "inputs are listed and the rest processed; the exit code is 1 if any "
                     "failed.")
-    p_heat.add_argument("--checkpoint", required=True, help="a best.pt or last.pt")
-    p_heat.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders")
-    p_heat.add_argument("--out", required=True, help="a new folder")
-    p_heat.add_argument("--min-probability", type=float, default=0.5,
-                        help="classes at or above it get heatmaps and boxes (default 0.5)")
     p_heat.add_argument("--all-classes", action="store_true",
                         help="every class gets its heatmap and boxes")
     p_heat.add_argument("--thresholds", type=int, nargs="+", default=[60, 180],
                         help="box thresholds on the [0, 255] heatmap (default: the paper's "
                              "60 180)")
     p_heat.add_argument("--save-maps", action="store_true", help="also write raw heatmaps")
-    p_heat.add_argument("--batch-size", type=int, default=16)
-    p_heat.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p_heat.set_defaults(func=_heatmap)
 
     from wsloc.segment import SLIC_COMPACTNESS, SLIC_SEGMENTS, SLIC_SIGMA
 
     p_seg = sub.add_parser(
-        "segment", help="finding masks for your own films (PNG/JPEG/DICOM)",
+        "segment", parents=[films], help="finding masks for your own films (PNG/JPEG/DICOM)",
         description="Masks with a trained checkpoint: a pixel model's (pixel scores, "
                     "image-level prior, SLIC smoothing prior) or a ChestX-ray8 model's "
                     "thresholded CAMs. Writes OUT/masks/<name>__<Finding>.png (0/255, the "
                     "film's size) for each finding called present, OUT/overlays/<name>.png "
                     "and OUT/boxes.json. Unreadable inputs are listed and the rest "
                     "processed; the exit code is 1 if any failed.")
-    p_seg.add_argument("--checkpoint", required=True, help="a best.pt or last.pt")
-    p_seg.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders")
-    p_seg.add_argument("--out", required=True, help="a new folder")
-    p_seg.add_argument("--min-probability", type=float, default=0.5,
-                       help="findings at or above it get masks (default 0.5)")
     p_seg.add_argument("--cam-threshold", type=int, default=60,
                        help="ChestX-ray8 checkpoints: the CAM threshold on [0, 255] "
                             "(default 60)")
@@ -305,8 +303,6 @@ def build_parser() -> argparse.ArgumentParser:
     p_seg.add_argument("--slic-sigma", type=float, default=SLIC_SIGMA,
                        help=f"SLIC's pre-smoothing as a fraction of the film's longer side "
                             f"(default 1/64 = {SLIC_SIGMA:.4f})")
-    p_seg.add_argument("--batch-size", type=int, default=16)
-    p_seg.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p_seg.set_defaults(func=_segment)
 
     p_score = sub.add_parser(

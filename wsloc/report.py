@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["PAPER_AUC", "PAPER_LOCALIZATION", "write_metrics", "auc_table", "plot_roc",
-           "localization_tables", "json_ready", "overlay_png"]
+           "localization_tables", "segmentation_table", "json_ready", "overlay_png",
+           "mask_overlay_png"]
 
 # Wang et al. (CVPR 2017), ResNet-50 with W-CEL: the 8-class ChestX-ray8 table, and the
 # 14-class ChestX-ray14 figures on the official patient-level split.
@@ -207,6 +208,43 @@ def segmentation_table(result: dict, label: str, header: bool = True) -> str:
     return "\n".join(lines)
 
 
+class _Panels:
+    """Side-by-side panels of one film for an overlay PNG: the film scaled to fit
+    ``max_side``, captions, and the row written out."""
+
+    def __init__(self, film: np.ndarray, max_side: int = 384) -> None:
+        import cv2
+
+        h, w = film.shape
+        self.scale = min(1.0, max_side / max(h, w))
+        self.size = (max(1, round(w * self.scale)), max(1, round(h * self.scale)))
+        gray = cv2.resize(np.clip(film * 255, 0, 255).astype(np.uint8), self.size,
+                          interpolation=cv2.INTER_AREA)
+        self.base = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+        self.font_scale = max(0.35, self.size[0] / 700)
+        self.panels: list[np.ndarray] = []
+
+    def add(self, panel: np.ndarray, text: str) -> None:
+        import cv2
+
+        font = cv2.FONT_HERSHEY_SIMPLEX
+        (tw, th), base_line = cv2.getTextSize(text, font, self.font_scale, 1)
+        cv2.rectangle(panel, (0, 0), (tw + 8, th + base_line + 8), (0, 0, 0), -1)
+        cv2.putText(panel, text, (4, th + 4), font, self.font_scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+        self.panels.append(panel)
+
+    def write(self, path: str | Path) -> None:
+        import cv2
+
+        gap = np.full((self.size[1], 4, 3), 255, np.uint8)
+        row = self.panels[0]
+        for p in self.panels[1:]:
+            row = np.concatenate([row, gap, p], axis=1)
+        if not cv2.imwrite(str(path), row):
+            raise OSError(f"cannot write {path}")
+
+
 def overlay_png(path: str | Path, film: np.ndarray, loc, max_side: int = 384) -> None:
     """One PNG a person reads at a glance: the film, then one panel per shown class with
     its heatmap (JET, blended by heat), its boxes (thin: threshold 60, thick: the higher
@@ -214,41 +252,40 @@ def overlay_png(path: str | Path, film: np.ndarray, loc, max_side: int = 384) ->
     :class:`wsloc.engine.localize.Localization` with heatmaps kept."""
     import cv2
 
-    h, w = film.shape
-    scale = min(1.0, max_side / max(h, w))
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    gray = cv2.resize(np.clip(film * 255, 0, 255).astype(np.uint8), size,
-                      interpolation=cv2.INTER_AREA)
-    base = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
-    font, fs = cv2.FONT_HERSHEY_SIMPLEX, max(0.35, size[0] / 700)
-
-    def caption(img, text):
-        (tw, th), base_line = cv2.getTextSize(text, font, fs, 1)
-        cv2.rectangle(img, (0, 0), (tw + 8, th + base_line + 8), (0, 0, 0), -1)
-        cv2.putText(img, text, (4, th + 4), font, fs, (255, 255, 255), 1, cv2.LINE_AA)
-
-    first = base.copy()
-    caption(first, loc.image if loc.shown else f"{loc.image}: no finding shown")
-    panels = [first]
+    out = _Panels(film, max_side)
+    out.add(out.base.copy(), loc.image if loc.shown else f"{loc.image}: no finding shown")
     lowest = min((b["threshold"] for b in loc.boxes), default=None)
     for j, label in enumerate(loc.shown):
-        heat = cv2.resize(loc.heatmaps[j], size, interpolation=cv2.INTER_LINEAR)
+        heat = cv2.resize(loc.heatmaps[j], out.size, interpolation=cv2.INTER_LINEAR)
         color = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8),
                                   cv2.COLORMAP_JET)
         alpha = (0.6 * heat)[..., None]
-        panel = (base * (1 - alpha) + color * alpha).astype(np.uint8)
+        panel = (out.base * (1 - alpha) + color * alpha).astype(np.uint8)
         for b in loc.boxes:
             if b["class"] != label:
                 continue
-            p1 = (int(b["x1"] * scale), int(b["y1"] * scale))
-            p2 = (max(p1[0], int(b["x2"] * scale) - 1), max(p1[1], int(b["y2"] * scale) - 1))
+            p1 = (int(b["x1"] * out.scale), int(b["y1"] * out.scale))
+            p2 = (max(p1[0], int(b["x2"] * out.scale) - 1),
+                  max(p1[1], int(b["y2"] * out.scale) - 1))
             thick = 1 if b["threshold"] == lowest else 2
             cv2.rectangle(panel, p1, p2, (255, 255, 255) if thick == 1 else (0, 255, 0), thick)
-        caption(panel, f"{label} p={loc.probability(label):.2f}")
-        panels.append(panel)
-    gap = np.full((size[1], 4, 3), 255, np.uint8)
-    row = panels[0]
-    for p in panels[1:]:
-        row = np.concatenate([row, gap, p], axis=1)
-    if not cv2.imwrite(str(path), row):
-        raise OSError(f"cannot write {path}")
+        out.add(panel, f"{label} p={loc.probability(label):.2f}")
+    out.write(path)
+
+
+def mask_overlay_png(path: str | Path, film: np.ndarray, name: str,
+                     shown: list[tuple[str, float, np.ndarray]], max_side: int = 384) -> None:
+    """The film, then one panel per finding: its mask filled in red with a yellow outline,
+    its name and probability. ``shown``: (finding, probability, boolean mask [H, W])."""
+    import cv2
+
+    out = _Panels(film, max_side)
+    out.add(out.base.copy(), name if shown else f"{name}: no finding")
+    for label, p, mask in shown:
+        m = cv2.resize(mask.astype(np.uint8), out.size, interpolation=cv2.INTER_NEAREST)
+        panel = out.base.copy()
+        panel[m > 0] = (0.55 * panel[m > 0] + 0.45 * np.array([0, 0, 255])).astype(np.uint8)
+        contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(panel, contours, -1, (0, 255, 255), 1)
+        out.add(panel, f"{label} p={p:.2f}")
+    out.write(path)

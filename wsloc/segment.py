@@ -94,9 +94,9 @@ def superpixels(film: np.ndarray, n_segments: int = SLIC_SEGMENTS,
                 channel_axis=None, start_label=0)
 
 
-def smooth(probs: Tensor, segments: np.ndarray) -> Tensor:
-    """Each channel of ``probs`` [K, H, W] replaced by its mean over each superpixel of
-    ``segments`` [H, W] (labels from 0)."""
+def _superpixel_means(probs: Tensor, segments: np.ndarray) -> tuple[Tensor, Tensor]:
+    """(the mean of each channel of ``probs`` [K, H, W] over each superpixel [K, n], the
+    flat superpixel index of each pixel [H·W])."""
     if tuple(segments.shape) != tuple(probs.shape[-2:]):
         raise ValueError(f"superpixels of shape {segments.shape} for maps of shape "
                          f"{tuple(probs.shape[-2:])}")
@@ -104,8 +104,14 @@ def smooth(probs: Tensor, segments: np.ndarray) -> Tensor:
     n = int(seg.max()) + 1
     flat = probs.reshape(probs.shape[0], -1).double()
     sums = torch.zeros(probs.shape[0], n, dtype=torch.float64).index_add_(1, seg, flat)
-    counts = torch.bincount(seg, minlength=n).clamp(min=1)
-    return (sums / counts)[:, seg].reshape(probs.shape).to(probs.dtype)
+    return sums / torch.bincount(seg, minlength=n).clamp(min=1), seg
+
+
+def smooth(probs: Tensor, segments: np.ndarray) -> Tensor:
+    """Each channel of ``probs`` [K, H, W] replaced by its mean over each superpixel of
+    ``segments`` [H, W] (labels from 0)."""
+    means, seg = _superpixel_means(probs, segments)
+    return means[:, seg].reshape(probs.shape).to(probs.dtype)
 
 
 def label_map(probs: Tensor) -> Tensor:
@@ -124,14 +130,7 @@ def label_map(probs: Tensor) -> Tensor:
 def smoothed_label_map(probs: Tensor, segments: np.ndarray) -> Tensor:
     """``label_map(smooth(probs, segments))`` without drawing the smoothed maps: each
     superpixel's label is the argmax of its mean probabilities."""
-    if tuple(segments.shape) != tuple(probs.shape[-2:]):
-        raise ValueError(f"superpixels of shape {segments.shape} for maps of shape "
-                         f"{tuple(probs.shape[-2:])}")
-    seg = torch.from_numpy(np.ascontiguousarray(segments, dtype=np.int64)).flatten()
-    n = int(seg.max()) + 1
-    flat = probs.reshape(probs.shape[0], -1).double()
-    sums = torch.zeros(probs.shape[0], n, dtype=torch.float64).index_add_(1, seg, flat)
-    means = sums / torch.bincount(seg, minlength=n).clamp(min=1)
+    means, seg = _superpixel_means(probs, segments)
     return means.argmax(0)[seg].reshape(probs.shape[1:])
 
 

@@ -124,42 +124,6 @@ def mask_boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
     return [(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h, _ in stats[1:n]]
 
 
-def _overlay(path: Path, film: np.ndarray, name: str, shown: list[tuple[str, float, np.ndarray]],
-             max_side: int = 384) -> None:
-    """The film, then one panel per finding: its mask filled in red with its outline."""
-    import cv2
-
-    h, w = film.shape
-    scale = min(1.0, max_side / max(h, w))
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    gray = cv2.resize(np.clip(film * 255, 0, 255).astype(np.uint8), size,
-                      interpolation=cv2.INTER_AREA)
-    base = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
-    font, fs = cv2.FONT_HERSHEY_SIMPLEX, max(0.35, size[0] / 700)
-
-    def caption(img, text):
-        (tw, th), bl = cv2.getTextSize(text, font, fs, 1)
-        cv2.rectangle(img, (0, 0), (tw + 8, th + bl + 8), (0, 0, 0), -1)
-        cv2.putText(img, text, (4, th + 4), font, fs, (255, 255, 255), 1, cv2.LINE_AA)
-
-    first = base.copy()
-    caption(first, name if shown else f"{name}: no finding")
-    panels = [first]
-    for label, p, mask in shown:
-        m = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
-        panel = base.copy()
-        panel[m > 0] = (0.55 * panel[m > 0] + 0.45 * np.array([0, 0, 255])).astype(np.uint8)
-        contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(panel, contours, -1, (0, 255, 255), 1)
-        caption(panel, f"{label} p={p:.2f}")
-        panels.append(panel)
-    gap = np.full((size[1], 4, 3), 255, np.uint8)
-    row = panels[0]
-    for p in panels[1:]:
-        row = np.hstack([row, gap, p])
-    cv2.imwrite(str(path), row)
-
-
 def run_segment(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Path,
                 batch_size: int = 16, min_probability: float = 0.5, cam_threshold: int = 60,
                 n_segments: int = SLIC_SEGMENTS, compactness: float = SLIC_COMPACTNESS,
@@ -175,24 +139,14 @@ def run_segment(checkpoint: str | Path, inputs: Sequence[str | Path], out: str |
     its CAMs above ``cam_threshold``. Returns a summary: images, masks, failed.
     """
     import cv2
-    from tqdm import tqdm
 
-    from wsloc.data.images import ImageReadError, read_image
     from wsloc.data.transforms import build_transform
-    from wsloc.engine.common import load_trained
-    from wsloc.engine.distributed import setup
-    from wsloc.engine.heatmap import _unique_stems, collect_inputs
+    from wsloc.engine.heatmap import _unique_stems, film_batches, open_user_run
+    from wsloc.report import mask_overlay_png
 
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"--batch-size must be a positive int, got {batch_size!r}")
     if not 0 <= cam_threshold < 255:
         raise ValueError(f"--cam-threshold must be in [0, 255), got {cam_threshold}")
-    files = collect_inputs(inputs)
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new --out")
-    dev = setup(device).device
-    model, cfg, classes, _ = load_trained(checkpoint, dev)
+    files, out, model, cfg, classes = open_user_run(checkpoint, inputs, out, batch_size, device)
     kind = model_kind(cfg)
     size = cfg["data"]["image_size"]
     seg = Segmenter(model, classes, (size, size), kind, min_probability, (cam_threshold,),
@@ -205,41 +159,28 @@ def run_segment(checkpoint: str | Path, inputs: Sequence[str | Path], out: str |
     boxes: list[dict] = []
     failed: list[tuple[Path, str]] = []
     n_masks = 0
-    bar = tqdm(total=len(files), desc="segment", unit="img", disable=not progress)
-    for start in range(0, len(files), batch_size):
-        chunk = list(range(start, min(start + batch_size, len(files))))
-        films, tensors, keep = [], [], []
-        for i in chunk:
-            try:
-                film = read_image(files[i])
-            except (ImageReadError, FileNotFoundError, OSError) as err:
-                failed.append((files[i], str(err)))
-                continue
-            films.append(film)
-            tensors.append(torch.from_numpy(transform(image=film)["image"])[None])
-            keep.append(i)
-        if keep:
-            probs, planes = seg.forward(torch.stack(tensors))
-            for j, (film, i) in enumerate(zip(films, keep)):
-                masks = seg.masks(film, probs[j], planes[j], [final])[final]
-                shown = []
-                for c, label in enumerate(classes):
-                    if probs[j, c] < min_probability or not masks[c].any():
-                        continue
-                    cv2.imwrite(str(out / "masks" / f"{stems[i]}__{label}.png"),
-                                masks[c].astype(np.uint8) * 255)
-                    n_masks += 1
-                    shown.append((label, float(probs[j, c]), masks[c]))
-                    for x1, y1, x2, y2 in mask_boxes(masks[c]):
-                        area = float(masks[c][y1:y2, x1:x2].sum()) / masks[c].size
-                        boxes.append({"image": files[i].name, "class": label,
-                                      "probability": round(float(probs[j, c]), 6),
-                                      "x1": float(x1), "y1": float(y1), "x2": float(x2),
-                                      "y2": float(y2), "score": round(area, 6)})
-                if overlays:
-                    _overlay(out / "overlays" / f"{stems[i]}.png", film, files[i].name, shown)
-        bar.update(len(chunk))
-    bar.close()
+    for keep, films, x in film_batches(files, batch_size, transform, failed, "segment",
+                                       progress):
+        probs, planes = seg.forward(x)
+        for j, (film, i) in enumerate(zip(films, keep)):
+            masks = seg.masks(film, probs[j], planes[j], [final])[final]
+            shown = []
+            for c, label in enumerate(classes):
+                if probs[j, c] < min_probability or not masks[c].any():
+                    continue
+                cv2.imwrite(str(out / "masks" / f"{stems[i]}__{label}.png"),
+                            masks[c].astype(np.uint8) * 255)
+                n_masks += 1
+                shown.append((label, float(probs[j, c]), masks[c]))
+                for x1, y1, x2, y2 in mask_boxes(masks[c]):
+                    area = float(masks[c][y1:y2, x1:x2].sum()) / masks[c].size
+                    boxes.append({"image": files[i].name, "class": label,
+                                  "probability": round(float(probs[j, c]), 6),
+                                  "x1": float(x1), "y1": float(y1), "x2": float(x2),
+                                  "y2": float(y2), "score": round(area, 6)})
+            if overlays:
+                mask_overlay_png(out / "overlays" / f"{stems[i]}.png", film, files[i].name,
+                                 shown)
     (out / "boxes.json").write_text(json.dumps(boxes, indent=1) + "\n")
     if failed:
         (out / "failed.txt").write_text("".join(f"{p}\t{why}\n" for p, why in failed))
