@@ -47,6 +47,7 @@ DEFAULTS: dict = {
         "batch_size": 32,
         "optimizer": "adam",
         "lr": 1e-3,
+        "r_lr": None,  # a learned LSE r's own lr (model.learn_r); None: train.lr
         "momentum": 0.9,
         "weight_decay": 1e-4,
         "scheduler": "cosine",
@@ -118,6 +119,7 @@ _RULES = {
     ("train", "epochs"): ("an int >= 1", lambda v: _int(v) and v >= 1),
     ("train", "batch_size"): ("an int >= 1", lambda v: _int(v) and v >= 1),
     ("train", "lr"): ("a number > 0", lambda v: _num(v) and v > 0),
+    ("train", "r_lr"): ("null or a number > 0", lambda v: v is None or (_num(v) and v > 0)),
     ("train", "weight_decay"): ("a number >= 0", lambda v: _num(v) and v >= 0),
     ("train", "momentum"): ("a number in [0, 1)", lambda v: _num(v) and 0 <= v < 1),
     ("train", "seed"): ("an int >= 0", lambda v: _int(v) and v >= 0),

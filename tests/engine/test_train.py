@@ -206,3 +206,23 @@ def test_nan_validation_scores_are_a_divergence(cache, monkeypatch):
     with pytest.raises(FloatingPointError, match=r"epoch 1: the model has diverged: its "
                                                  r"validation scores for Effusion are NaN"):
         train(load_config(None, TINY), out=cache / "run", progress=False)
+
+
+def test_a_learned_r_gets_its_own_lr_and_no_weight_decay():
+    from wsloc.engine.train import _optimizer
+    from wsloc.models import build_model
+
+    cfg = load_config(None, ["model.learn_r=true", "train.r_lr=0.05"])
+    model = build_model(cfg["model"], 8)
+    opt = _optimizer(cfg, model)
+    weights, sharp = opt.param_groups
+    assert sharp["params"] == [model.pool.log_r] and sharp["lr"] == 0.05
+    assert sharp["weight_decay"] == 0.0 and weights["weight_decay"] == cfg["train"]["weight_decay"]
+    assert len(weights["params"]) == len(list(model.parameters())) - 1
+    assert weights["lr"] == cfg["train"]["lr"]
+    # without train.r_lr, r learns at the weights' lr; without learn_r there is one group
+    cfg = load_config(None, ["model.learn_r=true"])
+    assert [g["lr"] for g in _optimizer(cfg, build_model(cfg["model"], 8)).param_groups] == [
+        1e-3, 1e-3]
+    cfg = load_config(None)
+    assert len(_optimizer(cfg, build_model(cfg["model"], 8)).param_groups) == 1
