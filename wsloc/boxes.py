@@ -45,13 +45,17 @@ class Box(NamedTuple):
         return self._asdict()
 
 
+def _check_thresholds(thresholds: Sequence[int]) -> None:
+    if not thresholds or any(not 0 <= t < 255 for t in thresholds):
+        raise ValueError(f"box thresholds must be in [0, 255), got {list(thresholds)}")
+
+
 def _check(heatmap: np.ndarray, thresholds: Sequence[int]) -> np.ndarray:
     heatmap = np.asarray(heatmap, dtype=np.float32)
     if heatmap.ndim != 2 or heatmap.size == 0:
         raise ValueError(f"a heatmap must be a non-empty [H, W] array, got shape "
                          f"{heatmap.shape}")
-    if not thresholds or any(not 0 <= t < 255 for t in thresholds):
-        raise ValueError(f"box thresholds must be in [0, 255), got {list(thresholds)}")
+    _check_thresholds(thresholds)
     return heatmap
 
 
@@ -151,7 +155,7 @@ def cell_box_arrays(cells, frames: Sequence[tuple[int, int]], net_size: tuple[in
                          f"{tuple(g.shape)}")
     if len(frames) != g.shape[0]:
         raise ValueError(f"{g.shape[0]} cell maps but {len(frames)} frames")
-    _check(np.zeros((1, 1)), thresholds)
+    _check_thresholds(thresholds)
     n_maps, h, w = g.shape
     n_t = len(thresholds)
     level = torch.tensor([(t + 0.5) / 255.0 for t in thresholds], dtype=g.dtype)

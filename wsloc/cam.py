@@ -68,10 +68,15 @@ def cell_geometry(backbone: nn.Module) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def class_activation_maps(model, x: Tensor) -> tuple[Tensor, Tensor]:
+def class_activation_maps(model, x: Tensor, channels_last: bool = False
+                          ) -> tuple[Tensor, Tensor]:
     """One forward pass: (probabilities [N, C], CAMs [N, C, S, S]) of a ChestXray8Net, in
     eval mode (BatchNorm's running statistics, whatever mode the model was left in, which
-    is restored after)."""
+    is restored after). ``x`` is moved to the model's device, channels_last when asked (as
+    the model was trained)."""
+    x = x.to(next(model.parameters()).device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     was_training = model.training
     model.eval()
     try:

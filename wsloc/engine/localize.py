@@ -62,15 +62,11 @@ class Localizer:
         self.min_probability, self.all_classes, self.keep_maps = (
             min_probability, all_classes, keep_maps)
         self.geometry = model.cell_geometry()
-        self.device = next(model.parameters()).device
         self.channels_last = channels_last
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(probabilities [N, C], cell maps [N, C, S, S]) from one forward pass."""
-        x = x.to(self.device)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        probs, cams = class_activation_maps(self.model, x)
+        probs, cams = class_activation_maps(self.model, x, self.channels_last)
         return probs.cpu(), cams.cpu()
 
     def __call__(self, x: Tensor, frames: Sequence[tuple[int, int]],
@@ -87,9 +83,8 @@ class Localizer:
     def localize(self, probs: Tensor, cams: Tensor, frames: Sequence[tuple[int, int]],
                  names: Sequence[str]) -> list[Localization]:
         """A batch from its probabilities [N, C] and cell maps [N, C, S, S]: every shown
-        map of every film is boxed in one go, from its cells
-        (:func:`wsloc.boxes.cell_boxes`), so the
-        cost does not grow with the films' size."""
+        map of every film is boxed in one go, from its cells (:func:`wsloc.boxes.cell_boxes`),
+        so the cost does not grow with the films' size."""
         frames = [(int(h), int(w)) for h, w in frames]
         outs, pairs = [], []
         for i, name in enumerate(names):

@@ -72,7 +72,6 @@ class Segmenter:
         self.cam_thresholds = tuple(cam_thresholds)
         self.n_segments, self.compactness, self.sigma = n_segments, compactness, sigma
         self.geometry = model.cell_geometry()
-        self.device = next(model.parameters()).device
         self.channels_last = channels_last
 
     @property
@@ -85,10 +84,7 @@ class Segmenter:
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(probabilities [N, C], planes [N, C, S, S]): the pixel model's class-minus-
         background planes, or the ChestX-ray8 model's CAMs."""
-        x = x.to(self.device)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        probs, planes = class_activation_maps(self.model, x)
+        probs, planes = class_activation_maps(self.model, x, self.channels_last)
         return probs.cpu(), planes.cpu()
 
     def masks(self, film: np.ndarray, probs: Tensor, planes: Tensor,

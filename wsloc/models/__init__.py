@@ -13,9 +13,9 @@ def build_model(cfg: dict, num_classes: int) -> ChestXray8Net:
     ``pixel`` (image-to-pixel, :class:`PixelNet`; ``head_channels`` is its alone)."""
     m = dict(cfg)
     name = m.pop("name", "chestxray8")
-    head_channels = m.pop("head_channels", 128)
+    head = {k: m.pop(k) for k in ("head_channels",) if k in m}  # the pixel model's alone
     if name == "chestxray8":
         return ChestXray8Net(num_classes, **m)
     if name == "pixel":
-        return PixelNet(num_classes, head_channels=head_channels, **m)
+        return PixelNet(num_classes, **head, **m)
     raise ValueError(f"unknown model.name {name!r}; choose one of {', '.join(MODELS)}")
