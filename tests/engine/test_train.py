@@ -181,6 +181,28 @@ def test_each_rank_draws_its_own_augmentations(cache, workers):
     assert not torch.equal(rank0, first_batch(0, epoch=1))  # and each epoch is new
 
 
+def test_each_rank_draws_its_own_model_samples(cache):
+    """Stochastic pooling samples from torch's global generator: each rank gets its own
+    stream, and a run resumed at an epoch draws that epoch's samples again."""
+    from wsloc.engine.distributed import Dist
+    from wsloc.engine.train import _start_epoch, _train_loader
+    from wsloc.ops import StochasticPool2d
+
+    cfg = load_config(None, TINY)
+    pool = StochasticPool2d(2, 2).train()
+    x = torch.rand(2, 4, 8, 8)
+
+    def pooled(rank, epoch=0):
+        loader = _train_loader(_one_film_dataset(cfg), cfg, Dist(rank=rank, world=2))
+        _start_epoch(loader, cfg["train"]["seed"], rank, epoch)
+        return pool(x)
+
+    rank0 = pooled(0)
+    assert not torch.equal(rank0, pooled(1))
+    assert torch.equal(rank0, pooled(0))
+    assert not torch.equal(rank0, pooled(0, epoch=1))
+
+
 def test_without_validation_best_is_the_last_epoch(cache, capsys):
     run = train(load_config(None, TINY + ["data.val_fraction=0"]), out=cache / "run",
                 progress=False)

@@ -45,9 +45,11 @@ def _train_loader(train_ds, cfg: dict, d: Dist):
 
 def _start_epoch(loader, seed: int, rank: int, epoch: int) -> None:
     """Shuffle for ``epoch`` (the same order on every rank's sampler) and seed this rank's
-    augmentations: workers derive theirs from the loader's generator; without workers the
-    pipeline is seeded here."""
+    augmentations (workers derive theirs from the loader's generator; without workers the
+    pipeline is seeded here) and its model's random draws (stochastic pooling's samples):
+    different on every rank, and the same again when a run resumes at this epoch."""
     loader.sampler.set_epoch(epoch)
+    torch.manual_seed(int(np.random.SeedSequence([seed, rank, epoch, 1]).generate_state(1)[0]))
     loader.generator.manual_seed(augmentation_seed(seed, rank, epoch))
     transform = getattr(loader.dataset, "transform", None)
     if not loader.num_workers and hasattr(transform, "set_random_seed"):
