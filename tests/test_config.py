@@ -54,8 +54,14 @@ def test_unknown_keys_are_errors(tmp_path):
     ("data.image_size=abc", r"data.image_size must be an int >= 32, got 'abc'"),
     ("data.num_workers=-2", r"data.num_workers must be an int >= 0"),
     ("data.val_fraction=0.9", r"data.val_fraction must be a number in \[0, 0.8\)"),
-    ("model.r=-1", r"model.r must be a number > 0"),
+    ("model.r=-1", r"model.r must be a number > 0 or a list of them"),
+    ("model.r=[10, 0]", r"model.r must be a number > 0 or a list of them"),
+    ("model.r=[]", r"model.r must be a number > 0 or a list of them"),
 ])
 def test_impossible_values_are_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_r_may_be_a_list_of_sharpnesses():
+    assert load_config(None, ["model.r=[10, 4]"])["model"]["r"] == [10, 4]

@@ -128,7 +128,8 @@ _RULES = {
     ("data", "val_fraction"): ("a number in [0, 0.8)", lambda v: _num(v) and 0 <= v < 0.8),
     ("data", "split_seed"): ("an int >= 0", lambda v: _int(v) and v >= 0),
     ("model", "transition_channels"): ("an int >= 1", lambda v: _int(v) and v >= 1),
-    ("model", "r"): ("a number > 0", lambda v: _num(v) and v > 0),
+    ("model", "r"): ("a number > 0 or a list of them", lambda v: (_num(v) and v > 0) or (
+        isinstance(v, list) and bool(v) and all(_num(x) and x > 0 for x in v))),
     ("model", "feature_stride"): ("4, 8, 16 or 32", lambda v: v in (4, 8, 16, 32)),
     ("model", "head_channels"): ("an int >= 1", lambda v: _int(v) and v >= 1),
 }

@@ -55,6 +55,19 @@ def test_class_subset_views_and_collate(synth_root):
     assert next(iter(loader))["image"].shape == (4, 1, 96, 96)
 
 
+def test_hide_pipeline_hides_patches_behind_the_mean_grey():
+    import numpy as np
+
+    pipe = build_transform("train_hide", 64)
+    pipe.set_random_seed(0)
+    image = np.full((128, 128), 0.9, np.float32)  # grey 0.9 everywhere: hidden pixels show
+    hidden = [np.isclose(pipe(image=image)["image"], 0.37) for _ in range(40)]
+    fractions = np.array([h.mean() for h in hidden])
+    assert (fractions > 0).sum() >= 20 and fractions.max() < 0.5  # p = 0.7, 2-6 patches
+    ys, xs = np.nonzero(hidden[int(fractions.argmax())])
+    assert ys.max() - ys.min() >= 6 and xs.max() - xs.min() >= 6  # patches, not pixels
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match=r"`split` must be one of train, val, test"):
         ChestXray14("/nowhere", split="dev")

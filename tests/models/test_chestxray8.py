@@ -46,6 +46,21 @@ def test_pooling_choices_and_learned_r():
         _model(backbone="resnet7")
 
 
+def test_a_list_of_r_pools_by_the_mean_of_lse_at_each():
+    model = _model(r=[10.0, 4.0], pool_on="classes").eval()
+    logits = model(torch.rand(3, 1, 64, 64))
+    maps = model.class_maps.flatten(2)  # the formula: log(mean exp(r·x)) / r, per r
+    lse = [(torch.logsumexp(r * maps, 2) - torch.log(torch.tensor(maps.shape[2]))) / r
+           for r in (10.0, 4.0)]
+    torch.testing.assert_close(logits, (lse[0] + lse[1]) / 2 + model.prediction.bias,
+                               rtol=1e-5, atol=1e-5)
+    one = _model(r=[10.0], pool_on="classes")  # a list of one is plain LSE
+    assert type(one.pool).__name__ == "LSEPool2d" and one.pool.r == 10.0
+    for bad in (dict(pooling="max"), dict(learn_r=True)):
+        with pytest.raises(ValueError, match="a list of model.r values needs pooling 'lse'"):
+            _model(r=[10.0, 4.0], **bad)
+
+
 def test_freeze_bn_keeps_batchnorm_in_eval():
     model = _model(freeze_bn=True).train()
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]

@@ -50,6 +50,22 @@ def _train_flip(size: int):
     ], bbox_params=_bbox_params())
 
 
+def _train_hide(size: int):
+    import albumentations as A
+
+    # Hide-and-seek (Singh & Lee, ICCV 2017) by random erasing: patches of the film are
+    # hidden behind the films' mean grey, so the most telling part of a finding is sometimes
+    # gone and the network must learn the rest of it; CAMs then cover more of a finding
+    return A.Compose([
+        A.Resize(size, size, interpolation=3),
+        A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-7, 7),
+                 border_mode=0, fill=0, p=0.7),
+        A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
+        A.CoarseDropout(num_holes_range=(2, 6), hole_height_range=(0.1, 0.25),
+                        hole_width_range=(0.1, 0.25), fill=0.37, p=0.7),
+    ], bbox_params=_bbox_params())
+
+
 class Pipeline:
     """An albumentations ``Compose`` whose ``box_ids`` default to each box's index, so a
     caller that does not track boxes need not pass them (nor any box, for an image alone);
@@ -72,7 +88,8 @@ class Pipeline:
         return f"Pipeline({self.compose!r})"
 
 
-PIPELINES: dict[str, Callable] = {"eval": _eval, "train": _train, "train_flip": _train_flip}
+PIPELINES: dict[str, Callable] = {"eval": _eval, "train": _train, "train_flip": _train_flip,
+                                  "train_hide": _train_hide}
 
 
 def build_transform(name: str, size: int):

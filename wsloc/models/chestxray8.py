@@ -14,16 +14,37 @@ from torch import Tensor, nn
 from wsloc import ops
 from wsloc.models.backbones import build_backbone, stage_channels
 
-__all__ = ["ChestXray8Net", "POOLINGS", "build_pooling"]
+__all__ = ["ChestXray8Net", "MeanLSEPool2d", "POOLINGS", "build_pooling"]
 
 POOLINGS = ("lse", "max", "avg", "softpool", "wildcat")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def build_pooling(name: str, channels: int, r: float = 10.0, learn_r: bool = False,
+class MeanLSEPool2d(nn.Module):
+    """The mean of global LSE poolings at several sharpnesses: [N, K, S, S] → [N, K]. A sharp
+    r (10) keeps a finding's peak; a soft one (4) also rewards the rest of it, so class maps
+    cover more of a large finding without losing a small one's place."""
+
+    def __init__(self, rs) -> None:
+        super().__init__()
+        self.pools = nn.ModuleList(ops.LSEPool2d(float(r)) for r in rs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack([pool(x) for pool in self.pools]).mean(0)
+
+
+def build_pooling(name: str, channels: int, r: float | list = 10.0, learn_r: bool = False,
                   kmax: float = 0.1, kmin: float = 0.0, alpha: float = 0.7) -> nn.Module:
-    """A global pooling from :mod:`wsloc.ops` by name: [N, K, S, S] → [N, K]."""
+    """A global pooling from :mod:`wsloc.ops` by name: [N, K, S, S] → [N, K]. For ``lse``,
+    ``r`` may be a list of sharpnesses: the mean of LSE at each (:class:`MeanLSEPool2d`)."""
+    if isinstance(r, (list, tuple)):
+        if name != "lse" or learn_r or not r:
+            raise ValueError("a list of model.r values needs pooling 'lse' without learn_r, "
+                             f"got pooling {name!r}, learn_r {learn_r}, r {r!r}")
+        if len(r) > 1:
+            return MeanLSEPool2d(r)
+        r = r[0]
     if name == "lse":
         return ops.LSEPool2d(r, learn_r=learn_r, num_channels=channels if learn_r else None)
     if learn_r:
@@ -74,7 +95,8 @@ class ChestXray8Net(nn.Module):
         num_classes: C.
         backbone: a name from :data:`wsloc.models.backbones.BACKBONES`.
         transition_channels: D (the paper: 1024 or 2048).
-        pooling: ``lse`` (sharpness ``r``, or learned per pooled channel with ``learn_r``),
+        pooling: ``lse`` (sharpness ``r``, or learned per pooled channel with ``learn_r``, or
+            the mean of LSE at each of a list of ``r``),
             ``max``, ``avg``, ``softpool`` or ``wildcat``.
         pool_on: ``"features"`` (the paper: pool the D transition channels, then predict) or
             ``"classes"`` (predict per position, then pool each class map — with
