@@ -24,11 +24,12 @@ from wsloc.models import build_model
 __all__ = ["train"]
 
 
-def augmentation_seed(seed: int, rank: int, epoch: int) -> int:
-    """The seed of one rank's augmentations in one epoch: derived from the run's seed alone,
-    so a resumed run repeats them exactly, and different on every rank, so N processes see
-    N different augmentation streams (not N copies of one)."""
-    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
+def epoch_seeds(seed: int, rank: int, epoch: int) -> tuple[int, int]:
+    """The seeds of one rank's augmentations and of its model's random draws in one epoch:
+    derived from the run's seed alone, so a resumed run repeats them exactly, and different
+    on every rank, so N processes draw N different streams (not N copies of one)."""
+    augmentation, model = np.random.SeedSequence([seed, rank, epoch]).generate_state(2)
+    return int(augmentation), int(model)
 
 
 def _train_loader(train_ds, cfg: dict, d: Dist):
@@ -49,8 +50,9 @@ def _start_epoch(loader, seed: int, rank: int, epoch: int) -> None:
     pipeline is seeded here) and its model's random draws (stochastic pooling's samples):
     different on every rank, and the same again when a run resumes at this epoch."""
     loader.sampler.set_epoch(epoch)
-    torch.manual_seed(int(np.random.SeedSequence([seed, rank, epoch, 1]).generate_state(1)[0]))
-    loader.generator.manual_seed(augmentation_seed(seed, rank, epoch))
+    augmentation, model = epoch_seeds(seed, rank, epoch)
+    torch.manual_seed(model)
+    loader.generator.manual_seed(augmentation)
     transform = getattr(loader.dataset, "transform", None)
     if not loader.num_workers and hasattr(transform, "set_random_seed"):
         transform.set_random_seed(int(torch.randint(2**31, (), generator=loader.generator)))
@@ -67,7 +69,7 @@ def _check_scores(scores: np.ndarray, classes, epoch: int) -> None:
 
 def _seed_worker(_worker_id: int) -> None:
     """Give each DataLoader worker its own augmentation stream, derived from the loader's
-    per-epoch, per-rank seed (see :func:`augmentation_seed`)."""
+    per-epoch, per-rank seed (see :func:`epoch_seeds`)."""
     info = torch.utils.data.get_worker_info()
     seed = info.seed % 2**32
     np.random.seed(seed)
