@@ -57,6 +57,7 @@ def test_unknown_keys_are_errors(tmp_path):
     ("model.r=-1", r"model.r must be a number > 0 or a list of them"),
     ("model.r=[10, 0]", r"model.r must be a number > 0 or a list of them"),
     ("model.r=[]", r"model.r must be a number > 0 or a list of them"),
+    ("train.background_weight=-0.5", r"train.background_weight must be a number >= 0"),
 ])
 def test_impossible_values_are_errors(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from wsloc.losses import build_loss, weighted_bce
+from wsloc.losses import background_penalty, build_loss, weighted_bce
 
 
 def _loop(logits, labels):
@@ -43,3 +43,33 @@ def test_bce_option_and_unknown():
                                                                                     labels))
     with pytest.raises(ValueError, match="unknown loss 'focal'"):
         build_loss("focal")
+
+
+def _penalty_loop(maps):
+    """The flat-background term cell by cell: each map's lower median (torch.median's), the
+    squared depth of every cell below it, averaged over all cells of all maps."""
+    total, cells = 0.0, 0
+    for plane in maps.reshape(-1, maps.shape[-2] * maps.shape[-1]).tolist():
+        median = sorted(plane)[(len(plane) - 1) // 2]
+        total += sum((median - v) ** 2 for v in plane if v < median)
+        cells += len(plane)
+    return total / cells
+
+
+def test_background_penalty_matches_the_loop():
+    maps = torch.randn(3, 4, 6, 5, dtype=torch.float64) * 3
+    assert background_penalty(maps).item() == pytest.approx(_penalty_loop(maps), rel=1e-12)
+    flat = torch.full((1, 1, 4, 4), -2.0)
+    flat[0, 0, 1, 2] = 9.0  # a peak on a flat background costs nothing
+    assert background_penalty(flat).item() == 0.0
+
+
+def test_background_penalty_lifts_only_the_cells_below_the_median():
+    maps = torch.tensor([[[[0.0, 1.0, 2.0], [3.0, -4.0, 5.0], [6.0, 7.0, 8.0]]]],
+                        requires_grad=True)
+    background_penalty(maps).backward()
+    grad = maps.grad.flatten().tolist()
+    median = 3.0  # held fixed: the median cell itself gets no gradient
+    expected = [-2 * (median - v) / 9 if v < median else 0.0
+                for v in maps.detach().flatten().tolist()]
+    assert grad == pytest.approx(expected)

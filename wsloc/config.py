@@ -52,6 +52,7 @@ DEFAULTS: dict = {
         "weight_decay": 1e-4,
         "scheduler": "cosine",
         "loss": "wcel",
+        "background_weight": 0.0,  # the flat-background term's weight (losses.background_penalty)
         "amp": True,
         "channels_last": True,
         "sync_bn": False,
@@ -121,6 +122,7 @@ _RULES = {
     ("train", "lr"): ("a number > 0", lambda v: _num(v) and v > 0),
     ("train", "r_lr"): ("null or a number > 0", lambda v: v is None or (_num(v) and v > 0)),
     ("train", "weight_decay"): ("a number >= 0", lambda v: _num(v) and v >= 0),
+    ("train", "background_weight"): ("a number >= 0", lambda v: _num(v) and v >= 0),
     ("train", "momentum"): ("a number in [0, 1)", lambda v: _num(v) and 0 <= v < 1),
     ("train", "seed"): ("an int >= 0", lambda v: _int(v) and v >= 0),
     ("data", "image_size"): ("an int >= 32", lambda v: _int(v) and v >= 32),

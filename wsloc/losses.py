@@ -1,4 +1,5 @@
-"""Losses: the ChestX-ray8 paper's weighted cross entropy (W-CEL) and plain BCE."""
+"""Losses: the ChestX-ray8 paper's weighted cross entropy (W-CEL) and plain BCE, and the
+flat-background term that can be added to either (``train.background_weight``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["weighted_bce", "build_loss"]
+__all__ = ["weighted_bce", "build_loss", "background_penalty"]
 
 
 def weighted_bce(logits: Tensor, labels: Tensor) -> Tensor:
@@ -23,6 +24,22 @@ def weighted_bce(logits: Tensor, labels: Tensor) -> Tensor:
     # −ln σ(z) = softplus(−z), −ln(1 − σ(z)) = softplus(z): stable for any logit
     loss = beta_p * (labels * F.softplus(-logits)) + beta_n * ((1 - labels) * F.softplus(logits))
     return loss.sum() / total
+
+
+def background_penalty(maps: Tensor) -> Tensor:
+    """The flat-background term: over every class map [N, C, H, W], the squared depth of each
+    cell below that map's median (the median held fixed), averaged over all cells.
+
+    A heatmap is normalised min → 0, max → 1 before it is boxed, so a few cells of strong
+    negative evidence (clear lung, say) set its floor, lift the rest of the background to
+    0.3–0.5 and leave the paper's lower threshold (60 of 255) nothing to separate. LSE and
+    max pooling never look at those cells, so classification alone leaves them free; this
+    term pulls them up to the map's typical level and leaves the upper half, where the
+    evidence is, alone.
+    """
+    flat = maps.flatten(2).to(torch.promote_types(maps.dtype, torch.float32))  # AMP: fp32
+    median = flat.median(-1, keepdim=True).values.detach()
+    return (median - flat).clamp_min(0).square().mean()
 
 
 def build_loss(name: str):

@@ -248,3 +248,27 @@ def test_a_learned_r_gets_its_own_lr_and_no_weight_decay():
         1e-3, 1e-3]
     cfg = load_config(None)
     assert len(_optimizer(cfg, build_model(cfg["model"], 8)).param_groups) == 1
+
+
+def test_the_background_term_joins_the_loss_only_when_weighted(cache, monkeypatch):
+    import wsloc.engine.train as train_mod
+
+    seen = []
+
+    def spy(maps):
+        value = real(maps)
+        seen.append((tuple(maps.shape), value.item()))
+        return value
+
+    real = train_mod.background_penalty
+    monkeypatch.setattr(train_mod, "background_penalty", spy)
+    plain = train(load_config(None, TINY + ["train.epochs=1"]), out=cache / "plain",
+                  progress=False)
+    assert seen == []  # weight 0: the term is never computed
+    weighted = train(load_config(None, TINY + ["train.epochs=1", "train.background_weight=2"]),
+                     out=cache / "weighted", progress=False)
+    assert seen and all(shape[1:] == (8, 16, 16) for shape, _ in seen)  # [N, C, S, S]
+    assert all(value > 0 for _, value in seen)
+    # the same seed and data: only the term can make the weights differ (runs are exact)
+    a, b = _weights(plain), _weights(weighted)
+    assert any(not torch.equal(a[k], b[k]) for k in a)

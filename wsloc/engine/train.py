@@ -17,7 +17,7 @@ from wsloc.data import collate
 from wsloc.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from wsloc.engine.common import data_root_of, make_dataset, predict
 from wsloc.engine.distributed import Dist, setup
-from wsloc.losses import build_loss
+from wsloc.losses import background_penalty, build_loss
 from wsloc.metrics import compute_auc, mean_auc
 from wsloc.models import build_model
 
@@ -175,6 +175,7 @@ def train(cfg: dict, out: str | Path | None = None, resume: str | Path | None = 
     amp = cuda and t["amp"]
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     loss_fn = build_loss(t["loss"])
+    background = t.get("background_weight", 0.0)  # runs from before the key have none
     start, best, history = 0, -math.inf, []
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -201,6 +202,8 @@ def train(cfg: dict, out: str | Path | None = None, resume: str | Path | None = 
             with torch.autocast(device_type=d.device.type, dtype=torch.float16, enabled=amp):
                 logits = net(x)
             loss = loss_fn(logits.float(), y)
+            if background:
+                loss = loss + background * background_penalty(model.class_maps)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"epoch {epoch + 1}: the loss is {loss.item()}; lower "
                                          "train.lr")
