@@ -52,7 +52,7 @@ DEFAULTS: dict = {
         "weight_decay": 1e-4,
         "scheduler": "cosine",
         "loss": "wcel",
-        "background_weight": 0.0,  # the flat-background term's weight (losses.background_penalty)
+        "background_weight": 1.0,  # the flat-background term's weight (losses.background_penalty)
         "amp": True,
         "channels_last": True,
         "sync_bn": False,
