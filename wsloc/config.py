@@ -22,7 +22,7 @@ DEFAULTS: dict = {
         "classes": "chestxray8",
         "views": None,
         "image_size": 96,
-        "train_transform": "train",
+        "train_transform": "train_flip",  # the demo's; the paper's configs set "train"
         "eval_transform": "eval",
         "val_fraction": 0.1,
         "split_seed": 0,

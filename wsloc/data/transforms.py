@@ -38,7 +38,8 @@ def _train(size: int, flip: bool = False, hide: bool = False):
                  border_mode=0, fill=0, p=0.7),
         A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
     ]
-    if flip:  # mirrors the heart's side: off by default for that reason
+    if flip:  # mirrors the heart's side, so the NIH configs leave it off; the demo uses it
+        # (without it, its heatmaps' peaks settle a few pixels to one side of each finding)
         steps.insert(1, A.HorizontalFlip(p=0.5))
     if hide:
         # Hide-and-seek (Singh & Lee, ICCV 2017) by random erasing: patches of the film are
