@@ -294,3 +294,24 @@ def test_cached_pixels_equal_the_png_pixels(synth_root, tmp_path):
 
         np.testing.assert_array_equal(cache.get(record.name),
                                       read_image(synth_root / "images" / record.name))
+
+
+def test_flip_pipeline_mirrors_half_the_films_and_their_boxes():
+    image = np.zeros((128, 128), np.float32)
+    image[40:60, 10:30] = 1.0  # a bright square in the left quarter, boxed
+    box = [(10.0, 40.0, 30.0, 60.0)]
+    sides = {}
+    for name in ("train", "train_flip"):
+        pipe = build_transform(name, 64)
+        pipe.set_random_seed(0)
+        right = []
+        for _ in range(60):
+            out = pipe(image=image, bboxes=box, box_labels=[0])
+            x1, _, x2, _ = out["bboxes"][0]
+            cols = np.nonzero(out["image"].max(0) > 0.5)[0]
+            # the box follows the film: both on the same side of the middle (col 32)
+            assert ((x1 + x2) / 2 > 32) == (cols.mean() > 32)
+            right.append((x1 + x2) / 2 > 32)
+        sides[name] = sum(right)
+    assert sides["train"] == 0  # a small affine never carries the square across
+    assert 15 <= sides["train_flip"] <= 45  # p = 0.5 of 60 draws
