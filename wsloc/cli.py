@@ -11,7 +11,8 @@ from wsloc import __version__
 def _bench_ops(args: argparse.Namespace) -> int:
     from wsloc.bench import ops
 
-    ops.run(device=args.device, quick=args.quick, dtype=args.dtype, out_dir=args.out)
+    ops.run(device=args.device, quick=args.quick, dtype=args.dtype, out_dir=args.out,
+            only=args.only)
     return 0
 
 
@@ -67,7 +68,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from wsloc.engine.evaluate import evaluate
 
     evaluate(args.checkpoint, data_root=args.data_root, split=args.split, out=args.out,
-             compare=args.compare)
+             compare=args.compare, method=args.method)
     return 0
 
 
@@ -77,9 +78,9 @@ def _heatmap(args: argparse.Namespace) -> int:
     summary = run_heatmap(args.checkpoint, args.inputs, args.out, batch_size=args.batch_size,
                           min_probability=args.min_probability, all_classes=args.all_classes,
                           save_maps=args.save_maps, thresholds=args.thresholds,
-                          device=args.device)
-    print(f"{summary['images']} film(s), {summary['boxes']} box(es): {args.out}/boxes.json, "
-          f"{args.out}/overlays/")
+                          device=args.device, method=args.method)
+    print(f"{summary['images']} film(s), {summary['boxes']} box(es) ({args.method}): "
+          f"{args.out}/boxes.json, {args.out}/overlays/")
     return _failures(summary, args.out)
 
 
@@ -133,6 +134,17 @@ def _score_boxes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmark(args: argparse.Namespace) -> int:
+    from wsloc.engine.benchmark import run_benchmark
+
+    summary = run_benchmark(args.grid, args.out, data_root=args.data_root, seeds=args.seeds,
+                            jobs=args.jobs, cell=args.cell, retry_failed=args.retry_failed)
+    c = summary["cells"]
+    print(f"{c['done']} of {c['total']} cells done, {c['failed']} failed, {c['pending']} "
+          f"pending; wrote {args.out}/results.md, results.json")
+    return 1 if c["failed"] else 0
+
+
 def _bench_heatmap(args: argparse.Namespace) -> int:
     from wsloc.bench import heatmap
 
@@ -172,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     b_ops.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     b_ops.add_argument("--quick", action="store_true", help="small shapes, short timing")
     b_ops.add_argument("--out", default="benchmarks", help="folder for the JSON results")
+    b_ops.add_argument("--only", metavar="SUBSTRING",
+                       help="run only the rows whose op name contains SUBSTRING (e.g. "
+                            "sort_pool2d); writes ops-partial-*.json, never the full file")
     b_ops.set_defaults(func=_bench_ops)
     b_loader = bench_sub.add_parser(
         "loader", help="images/s from the prepared cache vs. from the PNGs, same items")
@@ -245,16 +260,25 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("overrides", nargs="*", metavar="key=value")
     p_train.set_defaults(func=_train)
 
+    from wsloc.cam import METHODS
+
+    method_help = (f"heatmap method: {', '.join(METHODS)} (default cam: one forward pass; the "
+                   "others explain the transition features by their gradients, one backward "
+                   "pass per class), a package.module:func of your own, or a name registered "
+                   "under the entry-point group wsloc.cam_methods.")
     p_eval = sub.add_parser("evaluate", help="AUC per class of a checkpoint, ROC curves, "
                                              "the paper's table beside ours")
     p_eval.add_argument("--checkpoint", required=True, help="a best.pt or last.pt")
     p_eval.add_argument("--data-root", help="default: the data the checkpoint was trained on")
     p_eval.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p_eval.add_argument("--out", help="default: eval-<split> beside the checkpoint")
+    p_eval.add_argument("--out", help="default: eval-<split> beside the checkpoint "
+                                      "(eval-<split>-<method> for a --method other than cam)")
     p_eval.add_argument("--compare", metavar="CHECKPOINT",
                         help="another checkpoint whose masks are scored on the same films "
                              "and tabled beside (e.g. a ChestX-ray8 model beside a pixel "
                              "model)")
+    p_eval.add_argument("--method", default="cam", metavar="NAME", help=method_help +
+                        " The box protocol's heatmaps; the masks' IoU stays CAM's.")
     p_eval.set_defaults(func=_evaluate)
 
     films = argparse.ArgumentParser(add_help=False)  # what heatmap and segment share
@@ -281,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="box thresholds on the [0, 255] heatmap (default: the paper's "
                              "60 180)")
     p_heat.add_argument("--save-maps", action="store_true", help="also write raw heatmaps")
+    p_heat.add_argument("--method", default="cam", metavar="NAME", help=method_help)
     p_heat.set_defaults(func=_heatmap)
 
     from wsloc.segment import SLIC_COMPACTNESS, SLIC_SEGMENTS, SLIC_SIGMA
@@ -304,6 +329,29 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"SLIC's pre-smoothing as a fraction of the film's longer side "
                             f"(default 1/64 = {SLIC_SIGMA:.4f})")
     p_seg.set_defaults(func=_segment)
+
+    p_bench = sub.add_parser(
+        "benchmark", help="a grid of configs × training seeds, trained, evaluated and "
+                          "tabled (mean ± std, worst seed)",
+        description="Train and evaluate every cell (config × training seed) of a grid file "
+                    "as a normal run directory under OUT/cells/, and table each config over "
+                    "its seeds in OUT/results.md and results.json. Running the same command "
+                    "again continues a killed benchmark. Shipped grids: pooling_demo, "
+                    "pooling_nih, cam_methods_demo (configs/benchmarks/).")
+    p_bench.add_argument("--grid", required=True, help="a grid file or a shipped grid's name")
+    p_bench.add_argument("--out", required=True, help="the benchmark's folder (new, or one "
+                                                      "this grid wrote: continued)")
+    p_bench.add_argument("--data-root", help="the data every cell trains on (default: each "
+                                             "config's own)")
+    p_bench.add_argument("--seeds", type=int, help="training seeds per config (default: the "
+                                                   "grid's)")
+    p_bench.add_argument("--jobs", type=int, default=1,
+                         help="cells run at once, each in its own process (default 1)")
+    p_bench.add_argument("--cell", type=int, help="run this cell only (0-based; e.g. "
+                                                  "$SLURM_ARRAY_TASK_ID)")
+    p_bench.add_argument("--retry-failed", action="store_true",
+                         help="run cells recorded as failed again")
+    p_bench.set_defaults(func=_benchmark)
 
     p_score = sub.add_parser(
         "score-boxes", help="score any method's boxes by the paper's T(IoU)/T(IoBB) protocol",

@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -124,3 +125,144 @@ def test_heatmap_refuses_bad_arguments(run, tmp_path, capsys):
     assert main(["heatmap", "--checkpoint", str(tmp_path / "x.pt"), str(film),
                  "--out", str(tmp_path / "o")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def _boxes_of(maps, c, frame, model):
+    """The boxes (x1, y1, x2, y2, threshold) of class c's cell map, by the cell route,
+    sorted (a batch of maps may list a map's regions in another order)."""
+    from wsloc.boxes import cell_boxes
+    from wsloc.cam import normalize
+
+    cells = normalize(maps[0, c][None])
+    return sorted((b.x1, b.y1, b.x2, b.y2, b.threshold)
+                  for b in cell_boxes(cells, [frame], (64, 64), model.cell_geometry())[0])
+
+
+def test_heatmap_by_gradcam_boxes_the_grad_cam_of_the_transition(run, tmp_path):
+    from wsloc.cam import grad_cam
+    from wsloc.data import read_image
+    from wsloc.data.transforms import build_transform
+    from wsloc.engine.common import load_trained
+
+    root = _synthetic(run)
+    name = sorted(p.name for p in (root / "images").iterdir())[5]
+    out = tmp_path / "out"
+    assert main(["heatmap", "--checkpoint", str(run / "best.pt"), str(root / "images" / name),
+                 "--out", str(out), "--all-classes", "--method", "gradcam", "--save-maps"]) == 0
+    got = json.loads((out / "boxes.json").read_text())
+    model, cfg, classes, _ = load_trained(run / "best.pt")
+    film = read_image(root / "images" / name)
+    x = torch.from_numpy(build_transform("eval", 64)(image=film)["image"])[None, None]
+    probs, maps = grad_cam(model, x, model.transition)  # the reference: by hand, all classes
+    assert {b["class"] for b in got} == set(classes)
+    for c, label in enumerate(classes):
+        mine = [b for b in got if b["class"] == label]
+        assert sorted((b["x1"], b["y1"], b["x2"], b["y2"], b["threshold"]) for b in mine) == (
+            _boxes_of(maps, c, film.shape, model))
+        assert all(b["probability"] == pytest.approx(float(probs[0, c]), abs=1e-6)
+                   for b in mine)
+    from wsloc.cam import normalize, to_frame
+
+    heat = np.load(out / "maps" / f"{name[:-4]}__Mass.npy")
+    want = to_frame(normalize(maps[0, classes.index("Mass")][None]), film.shape, (64, 64),
+                    model.cell_geometry())[0].numpy()
+    np.testing.assert_allclose(heat, want, atol=1e-6)
+
+
+USER_METHODS = """
+from wsloc.cam import cell_maps
+
+
+def gradcam_again(model, x):
+    return cell_maps(model, x, "gradcam")
+
+
+def one_cell_short(model, x):
+    probs, maps = cell_maps(model, x, "cam")
+    return probs, maps[..., 1:, 1:]
+"""
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "wsloc_test_engine_cams.py").write_text(USER_METHODS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "wsloc_test_engine_cams"
+    sys.modules.pop("wsloc_test_engine_cams", None)
+
+
+@pytest.fixture(scope="module")
+def gradcam_eval(run):
+    from wsloc.engine.evaluate import evaluate
+
+    with pytest.warns(UserWarning):  # the tiny test split lacks some findings
+        return evaluate(run / "best.pt", method="gradcam", progress=False)
+
+
+def test_evaluate_by_gradcam_scores_its_boxes_by_the_protocol(run, gradcam_eval, capsys):
+    from wsloc.cam import grad_cam
+    from wsloc.engine.common import load_trained, make_dataset
+
+    out = run / "eval-test-gradcam"  # the default folder names the method
+    assert gradcam_eval["out"] == str(out) and gradcam_eval["method"] == "gradcam"
+    assert json.loads((out / "metrics.json").read_text())["method"] == "gradcam"
+    loc = json.loads((out / "localization.json").read_text())
+    assert loc["method"] == "gradcam"
+    table = (out / "results.md").read_text()
+    assert "Localization: heatmaps by Grad-CAM on the transition features, `--method " \
+           "gradcam`." in table and "| 0.5 | wsloc gradcam Acc. |" in table
+    # the boxes written are those of the transition's Grad-CAM, by hand, for a film
+    boxes = json.loads((out / "boxes.json").read_text())
+    model, cfg, classes, _ = load_trained(run / "best.pt")
+    dataset = make_dataset(cfg, _synthetic(run), "test", cfg["data"]["eval_transform"])
+    item = next(dataset[i] for i, r in enumerate(dataset.records) if r.boxes)
+    _, maps = grad_cam(model, item["image"][None], model.transition)
+    for c, label in enumerate(classes):
+        mine = sorted((b["x1"], b["y1"], b["x2"], b["y2"], b["threshold"]) for b in boxes
+                      if b["image"] == item["id"] and b["class"] == label)
+        assert mine == _boxes_of(maps, c, tuple(item["frame"]), model)
+    # ... and scored as any method's boxes are: `wsloc score-boxes` gives the same figures
+    root = _synthetic(run)
+    capsys.readouterr()
+    assert main(["score-boxes", "--pred", str(out / "boxes.json"), "--gt",
+                 str(root / "BBox_List_2017.csv"), "--images", str(root / "test_list.txt"),
+                 "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    for kind in ("iou", "iobb", "afp_iou", "afp_iobb", "pointing"):
+        assert again[kind] == loc[kind]
+
+
+def test_evaluate_by_a_user_method_from_its_module(run, gradcam_eval, user_module, tmp_path):
+    out = tmp_path / "ev"
+    with pytest.warns(UserWarning):
+        assert main(["evaluate", "--checkpoint", str(run / "best.pt"), "--out", str(out),
+                     "--method", f"{user_module}:gradcam_again"]) == 0
+    # the same maps by the plug-in path: the same boxes, the same scores
+    loc = json.loads((out / "localization.json").read_text())
+    want = json.loads((Path(gradcam_eval["out"]) / "localization.json").read_text())
+    assert loc.pop("method") == f"{user_module}:gradcam_again" and want.pop("method")
+    assert loc == want
+    assert (out / "boxes.json").read_text() == (
+        Path(gradcam_eval["out"]) / "boxes.json").read_text()
+    assert "`wsloc_test_engine_cams:gradcam_again` (a user's method)" in (
+        out / "results.md").read_text()
+
+
+def test_wrong_methods_are_clear_errors_before_any_work(run, user_module, tmp_path, capsys):
+    film = str(next((_synthetic(run) / "images").iterdir()))
+    ckpt = str(run / "best.pt")
+    assert main(["evaluate", "--checkpoint", ckpt, "--out", str(tmp_path / "e"),
+                 "--method", "wsloc_no_such_module:cams"]) == 2
+    err = capsys.readouterr().err
+    assert "--method 'wsloc_no_such_module:cams': cannot import module" in err
+    assert not (tmp_path / "e").exists()  # nothing ran
+    assert main(["heatmap", "--checkpoint", ckpt, film, "--out", str(tmp_path / "h"),
+                 "--method", "gradcam+"]) == 2
+    assert "--method 'gradcam+' is not known; valid: cam, gradcam, gradcam++, layercam" in (
+        capsys.readouterr().err)
+    assert main(["heatmap", "--checkpoint", ckpt, film, "--out", str(tmp_path / "h2"),
+                 "--method", f"{user_module}:one_cell_short"]) == 2
+    assert (f"--method '{user_module}:one_cell_short' must return (probabilities [1, 8], "
+            "maps [1, 8, 8, 8]) on the model's cell grid" in capsys.readouterr().err)

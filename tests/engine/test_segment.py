@@ -164,6 +164,16 @@ def test_wrong_model_types_are_clear_errors(runs, tmp_path, capsys):
         segment.run(checkpoint=cam / "best.pt", frames=(64,), n=1, out_dir=tmp_path / "b")
 
 
+def test_a_gradient_method_on_a_pixel_checkpoint_is_a_clear_error(runs, tmp_path, capsys):
+    pixel, _ = runs
+    assert main(["evaluate", "--checkpoint", str(pixel / "best.pt"), "--method", "gradcam",
+                 "--out", str(tmp_path / "e")]) == 2
+    assert (f"{pixel / 'best.pt'}: --method 'gradcam' needs a ChestX-ray8 model (its "
+            "transition features and prediction layer); a PixelNet has only 'cam'"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "e").exists()  # refused before anything ran
+
+
 def test_without_masks_the_boxes_filled_are_the_truth(runs, tmp_path):
     """NIH has boxes, not masks: each finding is scored on the films with boxes of it."""
     from wsloc.engine.common import load_trained, make_dataset

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -15,15 +16,26 @@ from wsloc.metrics import compute_auc, mean_auc
 
 __all__ = ["evaluate"]
 
+_TITLES = {"cam": "CAM (the prediction weights on the transition features)",
+           "gradcam": "Grad-CAM on the transition features",
+           "gradcam++": "Grad-CAM++ on the transition features",
+           "layercam": "LayerCAM on the transition features"}
 
-def _out_dir(out: str | Path | None, checkpoint: Path, split: str) -> Path:
+
+def _out_dir(out: str | Path | None, checkpoint: Path, split: str, method: str = "cam"
+             ) -> Path:
+    """``out`` (new or empty), or beside the checkpoint: ``eval-<split>``, and
+    ``eval-<split>-<method>`` for a method other than CAM (characters other than letters,
+    digits and ``._+-`` as ``_``); ``-2``, ``-3`` ... when taken."""
     if out is not None:
         out = Path(out)
         if out.exists() and any(out.iterdir()):
             raise FileExistsError(f"{out} exists and is not empty; choose a new --out")
         out.mkdir(parents=True, exist_ok=True)
         return out
-    base = checkpoint.parent / f"eval-{split}"
+    name = f"eval-{split}" if method == "cam" else (
+        f"eval-{split}-" + re.sub(r"[^A-Za-z0-9._+-]+", "_", method))
+    base = checkpoint.parent / name
     candidate, k = base, 1
     while candidate.exists():
         k += 1
@@ -33,12 +45,15 @@ def _out_dir(out: str | Path | None, checkpoint: Path, split: str) -> Path:
 
 
 def localize_split(model, dataset, cfg: dict, batch_size: int, progress: bool = True,
-                   thresholds: tuple[int, ...] = PAPER_THRESHOLDS) -> tuple[dict, list] | None:
+                   thresholds: tuple[int, ...] = PAPER_THRESHOLDS, method="cam"
+                   ) -> tuple[dict, list] | None:
     """The paper's localization protocol on the films of ``dataset`` that have boxes of its
-    classes: every class's heatmap and boxes (``all_classes``), scored against the split's
-    ground truth. Returns (scores, predicted boxes), or None when the split has no box."""
+    classes: every class's heatmap (by ``method``, see :func:`wsloc.cam.cell_maps`) and
+    boxes (``all_classes``), scored against the split's ground truth. Returns (scores, with
+    ``"method"`` naming the method, predicted boxes), or None when the split has no box."""
     from tqdm import tqdm
 
+    from wsloc.cam import method_name
     from wsloc.data import collate
     from wsloc.engine.localize import Localizer
     from wsloc.metrics import localization_scores
@@ -58,7 +73,7 @@ def localize_split(model, dataset, cfg: dict, batch_size: int, progress: bool = 
         return None
     size = cfg["data"]["image_size"]
     localizer = Localizer(model, dataset.classes, (size, size), thresholds, all_classes=True,
-                          channels_last=cfg["train"]["channels_last"])
+                          channels_last=cfg["train"]["channels_last"], method=method)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, with_boxes),
                                          batch_size=batch_size, collate_fn=collate,
                                          num_workers=cfg["data"]["num_workers"])
@@ -68,7 +83,8 @@ def localize_split(model, dataset, cfg: dict, batch_size: int, progress: bool = 
             pred.extend(loc.boxes)
             peaks.update({(loc.image, c): xy for c, xy in loc.peaks.items()})
     gt = {dataset.records[i].name: dataset.records[i].boxes for i in with_boxes}
-    return localization_scores(pred, gt, dataset.classes, peaks=peaks), pred
+    scores = localization_scores(pred, gt, dataset.classes, peaks=peaks)
+    return {"method": method_name(method), **scores}, pred
 
 
 def _method(cfg: dict) -> str:
@@ -97,7 +113,8 @@ def _compare_masks(checkpoint, cfg: dict, root: Path, split: str, classes, batch
 
 def evaluate(checkpoint: str | Path, data_root: str | Path | None = None, split: str = "test",
              out: str | Path | None = None, batch_size: int | None = None,
-             progress: bool = True, compare: str | Path | None = None) -> dict:
+             progress: bool = True, compare: str | Path | None = None, method: str = "cam"
+             ) -> dict:
     """Evaluate a checkpoint: per-class AUC, mean AUC, ``metrics.json``, ``roc.png`` and
     ``results.md`` (laid out like the paper's table, the paper's ResNet-50 beside ours).
     When the split has boxes (the NIH release's, or the synthetic set's), also the paper's
@@ -108,7 +125,15 @@ def evaluate(checkpoint: str | Path, data_root: str | Path | None = None, split:
     or a ChestX-ray8 model's thresholded CAMs; ``segmentation.json``. ``compare``: another
     checkpoint whose masks are scored on the same films and tabled beside (e.g. the
     ChestX-ray8 model trained on the same data, beside a pixel model).
-    Without ``data_root``, the data the checkpoint was trained on."""
+    Without ``data_root``, the data the checkpoint was trained on.
+
+    ``method``: the heatmap method of the localization protocol (:func:`wsloc.cam.cell_maps`:
+    ``cam``, ``gradcam``, ``gradcam++``, ``layercam``, or a user's ``package.module:func`` or
+    entry-point name), recorded as ``"method"`` in ``metrics.json`` and ``localization.json``
+    and named in ``results.md``; the default folder is then ``eval-<split>-<method>``. The
+    masks' IoU stays CAM's. A method other than ``cam`` on a pixel checkpoint, or one that
+    cannot be resolved, is an error before anything runs."""
+    from wsloc.cam import method_for
     from wsloc.engine.segment import segment_split
     from wsloc.report import (
         auc_table,
@@ -118,8 +143,14 @@ def evaluate(checkpoint: str | Path, data_root: str | Path | None = None, split:
         write_metrics,
     )
 
+    if not isinstance(method, str):
+        raise TypeError(f"`method` must be a name, got {type(method).__name__}")
     checkpoint = Path(checkpoint)
     model, cfg, _, _ = load_trained(checkpoint)
+    try:
+        method_for(model, method)
+    except ValueError as err:
+        raise type(err)(f"{checkpoint}: {err}") from err
     d = setup(cfg["train"]["device"])
     model.to(d.device)  # keeps channels_last
     if data_root is not None:
@@ -131,10 +162,11 @@ def evaluate(checkpoint: str | Path, data_root: str | Path | None = None, split:
     classes = list(dataset.classes)
     aucs = compute_auc(scores, labels, classes)
     result = {"checkpoint": str(checkpoint), "data_root": str(root), "split": split,
+              "method": method,
               "images": int(len(labels)), "mean_auc": mean_auc(aucs),
               "auc": {c: (None if np.isnan(a) else float(a)) for c, a in zip(classes, aucs)}}
     if d.main:
-        out_dir = _out_dir(out, checkpoint, split)
+        out_dir = _out_dir(out, checkpoint, split, method)
         write_metrics(out_dir / "metrics.json", result)
         plot_roc(out_dir / "roc.png", scores, labels, classes, aucs)
         table = auc_table(classes, aucs, f"wsloc ({cfg['model']['backbone']}, "
@@ -144,13 +176,16 @@ def evaluate(checkpoint: str | Path, data_root: str | Path | None = None, split:
                 "compare only on the NIH release.")
         written = ["metrics.json", "roc.png", "results.md"]
         loc = localize_split(model, dataset, cfg, batch_size or cfg["train"]["batch_size"],
-                             progress)
+                             progress, method=method)
         if loc is not None:
             scores_loc, boxes = loc
             result["localization"] = scores_loc
             write_metrics(out_dir / "localization.json", scores_loc)
             write_metrics(out_dir / "boxes.json", boxes)
-            table += "\n\n" + localization_tables(scores_loc, "wsloc")
+            title = _TITLES.get(method, f"`{method}` (a user's method)")
+            table += (f"\n\nLocalization: heatmaps by {title}, `--method {method}`.\n\n"
+                      + localization_tables(scores_loc, "wsloc" if method == "cam" else
+                                            f"wsloc {method}"))
             written += ["localization.json", "boxes.json"]
         masks = segment_split(model, dataset, cfg, batch_size or cfg["train"]["batch_size"],
                               progress)

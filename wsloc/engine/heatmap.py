@@ -98,14 +98,19 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
 def run_heatmap(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Path,
                 batch_size: int = 16, min_probability: float = 0.5, all_classes: bool = False,
                 save_maps: bool = False, thresholds: Sequence[int] = PAPER_THRESHOLDS,
-                device: str = "auto", overlays: bool = True, progress: bool = True) -> dict:
-    """Localize every input film with a trained ChestX-ray8 checkpoint.
+                device: str = "auto", overlays: bool = True, progress: bool = True,
+                method: str = "cam") -> dict:
+    """Localize every input film with a trained ChestX-ray8 checkpoint, by the heatmap
+    ``method`` (a name of :data:`wsloc.cam.METHODS`, a user's ``package.module:func`` or a
+    name registered under the entry-point group ``wsloc.cam_methods``; see
+    :func:`wsloc.cam.cell_maps`).
 
     Writes ``OUT/overlays/<stem>.png`` (the film, then one panel per shown class: heatmap,
     boxes, name and probability), ``OUT/boxes.json`` (one record per box, in the original
     film's pixels), ``OUT/maps/<stem>__<Class>.npy`` with ``save_maps`` (float32 [H, W] in
     [0, 1], the film's size), and ``OUT/failed.txt`` listing unreadable inputs with their
-    reasons (the others are processed). Returns a summary: images, boxes, failed.
+    reasons (the others are processed). Returns a summary: images, boxes, failed, out,
+    method. An unknown method, or one that does not apply, fails before any film is read.
     """
     from wsloc.data.transforms import build_transform
     from wsloc.engine.localize import Localizer
@@ -119,7 +124,7 @@ def run_heatmap(checkpoint: str | Path, inputs: Sequence[str | Path], out: str |
     transform = build_transform("eval", size)
     localizer = Localizer(model, classes, (size, size), thresholds, min_probability,
                           all_classes, keep_maps=overlays or save_maps,
-                          channels_last=cfg["train"]["channels_last"])
+                          channels_last=cfg["train"]["channels_last"], method=method)
     out.mkdir(parents=True, exist_ok=True)
     if overlays:
         (out / "overlays").mkdir()
@@ -142,4 +147,4 @@ def run_heatmap(checkpoint: str | Path, inputs: Sequence[str | Path], out: str |
     if failed:
         (out / "failed.txt").write_text("".join(f"{p}\t{why}\n" for p, why in failed))
     return {"images": len(files) - len(failed), "boxes": len(boxes),
-            "failed": [(str(p), why) for p, why in failed], "out": str(out)}
+            "failed": [(str(p), why) for p, why in failed], "out": str(out), "method": method}

@@ -1,6 +1,7 @@
 """From a batch of films to what ``wsloc heatmap`` and ``wsloc evaluate`` report: class
 probabilities, heatmaps in each film's own pixels, boxes and heatmap peaks — all classes
-from the one forward pass that gives the scores."""
+from the one forward pass that gives the scores (CAM), or by another heatmap method on the
+same cell grid (:func:`wsloc.cam.cell_maps`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from torch import Tensor
 
 from wsloc.boxes import PAPER_THRESHOLDS, cell_box_arrays
-from wsloc.cam import cell_peaks, class_activation_maps, normalize, to_frame
+from wsloc.cam import cell_maps, cell_peaks, method_for, normalize, to_frame
 
 __all__ = ["Localizer", "Localization"]
 
@@ -36,7 +37,8 @@ class Localization:
 
 
 class Localizer:
-    """CAM → heatmaps in the film's frame → boxes, for a trained ChestXray8Net.
+    """Cell maps (CAM, or ``method``) → heatmaps in the film's frame → boxes, for a trained
+    ChestXray8Net.
 
     Args:
         model: the network, in eval mode.
@@ -47,12 +49,16 @@ class Localizer:
         all_classes: ... unless this is set (what evaluation needs).
         keep_maps: keep each shown class's heatmap (overlays, ``--save-maps``).
         channels_last: feed the network channels_last (as it was trained).
+        method: the heatmap method, a name of :data:`wsloc.cam.METHODS`, a user's
+            ``package.module:func`` or entry-point name, or a callable (the contract of
+            :func:`wsloc.cam.cell_maps`); resolved and checked against the model here, so a
+            wrong one fails before any film is read.
     """
 
     def __init__(self, model, classes: Sequence[str], net_size: tuple[int, int],
                  thresholds: Sequence[int] = PAPER_THRESHOLDS, min_probability: float = 0.5,
                  all_classes: bool = False, keep_maps: bool = False,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, method="cam") -> None:
         if not 0.0 <= min_probability <= 1.0:
             raise ValueError(f"the probability threshold must be in [0, 1], got "
                              f"{min_probability}")
@@ -63,10 +69,13 @@ class Localizer:
             min_probability, all_classes, keep_maps)
         self.geometry = model.cell_geometry()
         self.channels_last = channels_last
+        self._method = method_for(model, method)
+        self.method = method
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(probabilities [N, C], cell maps [N, C, S, S]) from one forward pass."""
-        probs, cams = class_activation_maps(self.model, x, self.channels_last)
+        """(probabilities [N, C], cell maps [N, C, S, S]) by the method: for CAM, one forward
+        pass; for a gradient method, one forward and one backward pass per class."""
+        probs, cams = cell_maps(self.model, x, self._method, self.channels_last)
         return probs.cpu(), cams.cpu()
 
     def __call__(self, x: Tensor, frames: Sequence[tuple[int, int]],

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from wsloc import ops
 from wsloc.models.backbones import build_backbone, stage_channels
 
-__all__ = ["ChestXray8Net", "MeanLSEPool2d", "POOLINGS", "build_pooling"]
+__all__ = ["ChestXray8Net", "MeanLSEPool2d", "POOLINGS", "build_pooling", "user_pooling"]
 
 POOLINGS = ("lse", "max", "avg", "softpool", "wildcat")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -37,7 +37,8 @@ class MeanLSEPool2d(nn.Module):
 def build_pooling(name: str, channels: int, r: float | list = 10.0, learn_r: bool = False,
                   kmax: float = 0.1, kmin: float = 0.0, alpha: float = 0.7) -> nn.Module:
     """A global pooling from :mod:`wsloc.ops` by name: [N, K, S, S] → [N, K]. For ``lse``,
-    ``r`` may be a list of sharpnesses: the mean of LSE at each (:class:`MeanLSEPool2d`)."""
+    ``r`` may be a list of sharpnesses: the mean of LSE at each (:class:`MeanLSEPool2d`).
+    Any other name is a user's pooling (:func:`user_pooling`)."""
     if isinstance(r, (list, tuple)):
         if name != "lse" or learn_r or not r:
             raise ValueError("a list of model.r values needs pooling 'lse' without learn_r, "
@@ -57,7 +58,51 @@ def build_pooling(name: str, channels: int, r: float | list = 10.0, learn_r: boo
         return ops.SoftPool2d()
     if name == "wildcat":
         return ops.WildcatPool2d(kmax, kmin, alpha)
-    raise ValueError(f"unknown pooling {name!r}; choose one of {', '.join(POOLINGS)}")
+    return user_pooling(name, channels)
+
+
+def user_pooling(name: str, channels: int) -> nn.Module:
+    """A pooling from outside wsloc (``model.pooling: package.module:MyPool``, or a name an
+    installed package registers under the entry-point group ``wsloc.pooling``): an
+    ``nn.Module`` class or a factory returning one, called with ``channels=K`` when it takes
+    a ``channels`` argument and with nothing otherwise. It must map [N, K, S, S] to [N, K];
+    it is tried once on a small input, and anything else is an error naming it."""
+    import inspect
+
+    from wsloc.plugins import PluginError, resolve
+
+    what = "model.pooling"
+    obj = resolve(name, "wsloc.pooling", POOLINGS, what)
+    if isinstance(obj, str):  # a built-in name that reached here: not a global pooling
+        raise PluginError(f"{what} {name!r} is not a global pooling")
+    if isinstance(obj, nn.Module):
+        module = obj
+    elif callable(obj):
+        try:
+            takes = "channels" in inspect.signature(obj).parameters
+        except (TypeError, ValueError):
+            takes = False
+        try:
+            module = obj(channels=channels) if takes else obj()
+        except Exception as err:
+            raise PluginError(f"{what} {name!r}: building it failed ({err})") from err
+    else:
+        raise PluginError(f"{what} {name!r} is a {type(obj).__name__}, not an nn.Module "
+                          "class or a factory")
+    if not isinstance(module, nn.Module):
+        raise PluginError(f"{what} {name!r} gave a {type(module).__name__}, not an nn.Module")
+    probe = torch.randn(2, channels, 5, 5)
+    try:
+        with torch.no_grad():
+            out = module(probe)
+    except Exception as err:
+        raise PluginError(f"{what} {name!r} failed on a [2, {channels}, 5, 5] input "
+                          f"({type(err).__name__}: {err})") from err
+    if not isinstance(out, Tensor) or tuple(out.shape) != (2, channels):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise PluginError(f"{what} {name!r} must map [N, K, S, S] to [N, K]; on "
+                          f"[2, {channels}, 5, 5] it gave {shape}")
+    return module
 
 
 def upsample_cells2(x: Tensor) -> Tensor:
