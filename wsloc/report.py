@@ -10,7 +10,7 @@ import numpy as np
 
 __all__ = ["PAPER_AUC", "PAPER_LOCALIZATION", "write_metrics", "auc_table", "plot_roc",
            "localization_tables", "segmentation_table", "json_ready", "overlay_png",
-           "mask_overlay_png"]
+           "mask_overlay_png", "benchmark_table", "benchmark_plots"]
 
 # Wang et al. (CVPR 2017), ResNet-50 with W-CEL: the 8-class ChestX-ray8 table, and the
 # 14-class ChestX-ray14 figures on the official patient-level split.
@@ -289,3 +289,131 @@ def mask_overlay_png(path: str | Path, film: np.ndarray, name: str,
         cv2.drawContours(panel, contours, -1, (0, 255, 255), 1)
         out.add(panel, f"{label} p={p:.2f}")
     out.write(path)
+
+
+BENCH_COLUMNS = (("mean_auc", "mean AUC", 4), ("tiobb", "T(IoBB = 0.5)", 3),
+                 ("tiou", "T(IoU = 0.3)", 3), ("pointing", "pointing", 3),
+                 ("afp", "AFP at T(IoBB = 0.5)", 2), ("weakest", "weakest finding", 3),
+                 ("train_s", "train s", 0))
+
+
+def _spread_cell(m: dict | None, digits: int, seeds: int) -> str:
+    if m is None:
+        return "—"
+    text = f"{m['mean']:.{digits}f}"
+    if seeds > 1:
+        text += f" ± {m['std']:.{digits}f} ({m['worst']:.{digits}f})"
+    if "finding" in m:
+        text += f" {_short(m['finding'])}"
+    return text
+
+
+def benchmark_table(summary: dict) -> str:
+    """``results.md`` of ``wsloc benchmark``: one row per (config, method), each metric as
+    mean ± sample std over the seeds finished, the worst seed in brackets; then T(IoBB = 0.5)
+    per finding, the goals, and the failed cells with their reasons."""
+    c = summary["cells"]
+    lines = [f"# Benchmark `{summary['grid']}`", "",
+             f"Grid: `{summary['path']}` (base config `{summary['base']}`), "
+             f"{summary['seeds']} training seed(s) per row, methods: "
+             f"{', '.join(summary['methods'])}.", "",
+             f"- selected on: {summary['select']}",
+             f"- reported on: {summary['report']}",
+             f"- cells: {c['done']} done, {c['failed']} failed, {c['pending']} pending, of "
+             f"{c['total']}", "",
+             "Each figure: mean ± sample standard deviation over the seeds done (the worst "
+             "seed's value); the weakest finding is the lowest per-finding accuracy at "
+             "T(IoBB = 0.5), named for the worst seed.", ""]
+    goals = summary.get("goals") or {}
+    head = ["config", "method", "seeds"] + [name for _, name, _ in BENCH_COLUMNS]
+    if goals:
+        head.append("seeds meeting every goal")
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summary["rows"]:
+        n = len(r["seeds_done"])
+        cells = [r["row"], r["method"], f"{n}" + (f" (+{len(r['failed'])} failed)"
+                                                  if r["failed"] else "")]
+        cells += [_spread_cell(r["metrics"].get(k), d, n) for k, _, d in BENCH_COLUMNS]
+        if goals:
+            cells.append(f"{len(r.get('goals_met', []))}/{n}" if n else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    paper = summary.get("paper")
+    if paper:
+        cells = [paper["row"], "CAM", "1"] + [
+            "—" if paper.get(k) is None else f"{paper[k]:.{d}f}" for k, _, d in BENCH_COLUMNS]
+        lines.append("| " + " | ".join(cells + ([""] if goals else [])) + " |")
+    findings = sorted({f for r in summary["rows"] for f in r["findings"]},
+                      key=lambda f: (_EIGHT.index(f) if f in _EIGHT else 99, f))
+    if findings:
+        lines += ["", "T(IoBB = 0.5) accuracy per finding (mean ± std over seeds):", "",
+                  "| config | method | " + " | ".join(_short(f) for f in findings) + " |",
+                  "|---|---|" + "---|" * len(findings)]
+        for r in summary["rows"]:
+            vals = [r["findings"].get(f) for f in findings]
+            lines.append(f"| {r['row']} | {r['method']} | " + " | ".join(
+                "—" if v is None else f"{v['mean']:.3f} ± {v['std']:.3f}" for v in vals) + " |")
+    if goals:
+        from wsloc.engine.grid import GOALS
+
+        lines += ["", "Goals, each to hold on every seed: " + "; ".join(
+            f"{GOALS[k]} {v:g}" for k, v in goals.items()) + "."]
+    failures = [(r["row"], f) for r in summary["rows"] if r["method"] == summary["methods"][0]
+                for f in r["failed"]]
+    if failures:
+        lines += ["", "Failed cells:", ""]
+        lines += [f"- {row}, seed {f['seed']}: {f['reason']}" for row, f in failures]
+    return "\n".join(lines) + "\n"
+
+
+def benchmark_plots(summary: dict, out: str | Path) -> None:
+    """``localization_vs_auc.png`` (T(IoBB = 0.5) against mean AUC per config and method,
+    each seed a dot, the mean with ± std bars) and ``findings.png`` (T(IoBB = 0.5) per
+    finding, a bar group per finding, one bar per config and method, ± std)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    rows = [r for r in summary["rows"] if "tiobb" in r["metrics"]]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, r in enumerate(rows):
+        m = r["metrics"]
+        colour = f"C{i % 10}"
+        ax.scatter(m["mean_auc"]["values"], m["tiobb"]["values"], s=14, alpha=0.5,
+                   color=colour)
+        ax.errorbar(m["mean_auc"]["mean"], m["tiobb"]["mean"], xerr=m["mean_auc"]["std"],
+                    yerr=m["tiobb"]["std"], fmt="o", color=colour, capsize=3,
+                    label=f"{r['row']} ({r['method']})")
+    goals = summary.get("goals") or {}
+    if "tiobb" in goals:
+        ax.axhline(goals["tiobb"], color="grey", lw=0.8, ls="--")
+    if "mean_auc" in goals:
+        ax.axvline(goals["mean_auc"], color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("mean AUC")
+    ax.set_ylabel("T(IoBB = 0.5) accuracy")
+    ax.set_title(f"{summary['grid']}: each seed a dot, mean ± std", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(out / "localization_vs_auc.png", dpi=110)
+    plt.close(fig)
+
+    findings = sorted({f for r in rows for f in r["findings"]},
+                      key=lambda f: (_EIGHT.index(f) if f in _EIGHT else 99, f))
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.1 * len(findings)), 4.0))
+    width = 0.8 / len(rows)
+    for i, r in enumerate(rows):
+        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(findings))]
+        vals = [r["findings"].get(f, {"mean": 0.0, "std": 0.0}) for f in findings]
+        ax.bar(xs, [v["mean"] for v in vals], width, yerr=[v["std"] for v in vals],
+               capsize=2, color=f"C{i % 10}", label=f"{r['row']} ({r['method']})")
+    ax.set_xticks(range(len(findings)), [_short(f) for f in findings], fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("T(IoBB = 0.5) accuracy")
+    ax.set_title(f"{summary['grid']}: per finding, mean ± std over seeds", fontsize=10)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "findings.png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,237 @@
+"""`wsloc benchmark`: grids, cells as normal runs, resume after SIGKILL, failed cells, a
+user's pooling from an installed package, and the summary's figures against the cells'."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from wsloc.cli import main
+from wsloc.config import ConfigError
+from wsloc.engine.benchmark import cell_dirs, run_benchmark
+from wsloc.engine.grid import load_grid
+from wsloc.engine.rundir import RunMismatch
+
+TINY = ["data.synthetic.n=48", "data.synthetic.size=64", "data.image_size=64",
+        "data.num_workers=0", "model.transition_channels=16", "train.epochs=2",
+        "train.batch_size=8", "data.train_transform=train"]
+REPORT = {"synthetic": {"n": 40, "size": 64, "seed": 9}, "split": "test"}
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("WSLOC_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def write_grid(path, rows, seeds=2, methods=("cam",), **extra):
+    import yaml
+
+    spec = {"name": "tiny", "base": "demo", "set": TINY, "seeds": seeds,
+            "methods": list(methods), "report": REPORT,
+            "rows": [{"name": n, "set": s} for n, s in rows], **extra}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _strip_timing(obj):
+    """results.json without the wall-clock figures (train time differs run to run)."""
+    if isinstance(obj, dict):
+        return {k: _strip_timing(v) for k, v in obj.items() if k != "train_s"}
+    if isinstance(obj, list):
+        return [_strip_timing(v) for v in obj]
+    return obj
+
+
+def test_grid_rows_axes_and_errors(tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", [("a", []), ("b", ["model.r=5"])],
+                      axes={"model.pooling": ["lse", "max"]})
+    g = load_grid(grid)
+    assert [r.name for r in g.rows] == ["a, model.pooling=lse", "a, model.pooling=max",
+                                       "b, model.pooling=lse", "b, model.pooling=max"]
+    assert g.rows[3].overrides == ("model.r=5", "model.pooling=max")
+    assert [(r.name, s) for r, s in g.cells][:3] == [("a, model.pooling=lse", 0),
+                                                     ("a, model.pooling=lse", 1),
+                                                     ("a, model.pooling=max", 0)]
+    assert load_grid(grid, seeds=5).seeds == 5
+    bad = [({"rowz": []}, "unknown key"), ({"rows": [{"name": "a"}, {"name": "a"}]},
+                                           "unique"),
+           ({"report": {"split": "val"}}, "selected on"), ({"methods": []}, "methods"),
+           ({"seeds": 0}, "seeds"), ({"goals": {"auc": 1}}, "goals")]
+    for change, message in bad:
+        spec = tmp_path / "bad.yaml"
+        import yaml
+
+        base = {"base": "demo", "rows": [{"name": "a"}]}
+        spec.write_text(yaml.safe_dump({**base, **change}))
+        with pytest.raises(ConfigError, match=message):
+            load_grid(spec)
+    with pytest.raises(FileNotFoundError, match="shipped: cam_methods_demo, pooling_demo"):
+        load_grid("no_such_grid")
+
+
+def test_shipped_grids_load():
+    for name in ("pooling_demo", "pooling_nih", "cam_methods_demo"):
+        g = load_grid(name)
+        assert g.seeds == 3 and g.rows
+    assert set(load_grid("cam_methods_demo").methods) == {"cam", "gradcam", "gradcam++",
+                                                          "layercam"}
+
+
+def _benchmark_cmd(grid, out):
+    return [sys.executable, "-m", "wsloc.cli", "benchmark", "--grid", str(grid), "--out",
+            str(out)]
+
+
+def test_killed_benchmark_resumes_to_the_same_results(cache):
+    """2 configs × 2 seeds: uninterrupted, and SIGKILLed mid-way (during the second cell)
+    then run again: the same results.json, timing aside; the cells are normal runs."""
+    grid = write_grid(cache / "g.yaml", [("lse", []), ("max", ["model.pooling=max"])],
+                      goals={"mean_auc": 0.0})
+    full = run_benchmark(grid, cache / "full", progress=False)
+    assert full["cells"] == {"total": 4, "done": 4, "failed": 0, "pending": 0}
+
+    proc = subprocess.Popen(_benchmark_cmd(grid, cache / "cut"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    second = cell_dirs(load_grid(grid), cache / "cut")[1]
+    deadline = time.time() + 240
+    while not (second / "run" / "last.pt").exists() and proc.poll() is None:
+        assert time.time() < deadline, "the benchmark never reached its second cell"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (cell_dirs(load_grid(grid), cache / "cut")[3] / "cell.json").exists()
+    assert main(["benchmark", "--grid", str(grid), "--out", str(cache / "cut")]) == 0
+
+    a = json.loads((cache / "full" / "results.json").read_text())
+    b = json.loads((cache / "cut" / "results.json").read_text())
+    assert _strip_timing(a) == _strip_timing(b)
+    assert "train_s" in a["rows"][0]["metrics"]
+
+    # every cell is a normal run directory and evaluation; the summary is their figures
+    cells = cell_dirs(load_grid(grid), cache / "cut")
+    tiobb = []
+    for cell in cells[:2]:
+        assert {"config.yaml", "best.pt", "last.pt", "history.jsonl"} <= {
+            p.name for p in (cell / "run").iterdir()}
+        loc = json.loads((cell / "eval-cam" / "localization.json").read_text())
+        tiobb.append(loc["iobb"]["0.5"]["mean"])
+    lse = b["rows"][0]["metrics"]["tiobb"]
+    assert lse["values"] == pytest.approx(tiobb)
+    assert lse["mean"] == pytest.approx(np.mean(tiobb))
+    assert lse["std"] == pytest.approx(np.std(tiobb, ddof=1))
+    assert lse["worst"] == pytest.approx(min(tiobb))
+    assert b["rows"][0]["goals_met"] == [0, 1]
+    md = (cache / "cut" / "results.md").read_text()
+    assert "| lse | cam | 2 |" in md and "reported on: the test split of a synthetic" in md
+    assert "selected on: the validation split of the training data" in md
+    assert (cache / "cut" / "localization_vs_auc.png").stat().st_size > 0
+    assert (cache / "cut" / "findings.png").stat().st_size > 0
+
+    # a different grid into the same folder is refused, naming what differs
+    other = write_grid(cache / "g2.yaml", [("lse", []), ("max", ["model.pooling=avg"])])
+    with pytest.raises(RunMismatch, match="model.pooling=max"):
+        run_benchmark(other, cache / "cut", progress=False)
+
+
+def test_a_failed_cell_is_recorded_and_the_grid_goes_on(cache, capsys):
+    grid = write_grid(cache / "g.yaml", [("ok", []), ("broken", ["model.pooling=nope"])],
+                      seeds=1)
+    assert main(["benchmark", "--grid", str(grid), "--out", str(cache / "b")]) == 1
+    summary = json.loads((cache / "b" / "results.json").read_text())
+    assert summary["cells"] == {"total": 2, "done": 1, "failed": 1, "pending": 0}
+    failed = summary["rows"][1]["failed"]
+    assert failed[0]["seed"] == 0 and "model.pooling 'nope' is not known" in failed[0]["reason"]
+    md = (cache / "b" / "results.md").read_text()
+    assert "| broken | cam | 0 (+1 failed) |" in md and "- broken, seed 0:" in md
+    assert "[2/2] broken, seed 0: FAILED" in capsys.readouterr().out
+
+
+def test_one_cell_only(cache):
+    grid = write_grid(cache / "g.yaml", [("a", []), ("b", ["model.pooling=avg"])], seeds=1)
+    summary = run_benchmark(grid, cache / "c", cell=1, progress=False)
+    assert summary["cells"] == {"total": 2, "done": 1, "failed": 0, "pending": 1}
+    assert summary["rows"][1]["seeds_done"] == [0] and summary["rows"][0]["seeds_done"] == []
+    with pytest.raises(ValueError, match=r"--cell must be in \[0, 1\]"):
+        run_benchmark(grid, cache / "c", cell=2, progress=False)
+    # the grid grows (a row appended, a second seed): the finished cell stays where it is
+    done = cell_dirs(load_grid(grid), cache / "c")[1] / "cell.json"
+    before = done.read_text()
+    grown = write_grid(cache / "g.yaml", [("a", []), ("b", ["model.pooling=avg"]),
+                                          ("c", ["model.pooling=max"])], seeds=2)
+    assert cell_dirs(load_grid(grown), cache / "c")[2] == done.parent  # (b, seed 0)
+    summary = run_benchmark(grown, cache / "c", cell=2, progress=False)
+    assert summary["cells"] == {"total": 6, "done": 1, "failed": 0, "pending": 5}
+    assert done.read_text() == before
+
+
+PLUGIN = '''
+import torch
+from torch import nn
+
+
+class TopTwoMean(nn.Module):
+    """The mean of each map's two largest cells."""
+
+    def forward(self, x):
+        return x.flatten(2).topk(2, dim=-1).values.mean(-1)
+
+
+class Flat(nn.Module):
+    def forward(self, x):
+        return x.flatten(1)
+'''
+
+
+def _install_plugin(root, monkeypatch):
+    """A tiny installed package: its code and a dist-info registering an entry point."""
+    (root / "tinypool").mkdir(parents=True)
+    (root / "tinypool" / "__init__.py").write_text(textwrap.dedent(PLUGIN))
+    info = root / "tinypool-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tinypool\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[wsloc.pooling]\ntoptwo = tinypool:TopTwoMean\n")
+    monkeypatch.syspath_prepend(str(root))
+
+
+def test_a_users_pooling_runs_through_the_benchmark(cache, monkeypatch):
+    import torch
+
+    from wsloc.engine.common import load_trained
+    from wsloc.models import build_pooling
+    from wsloc.plugins import PluginError
+
+    _install_plugin(cache / "site", monkeypatch)
+    grid = write_grid(cache / "g.yaml", [("entry point", ["model.pooling=toptwo"]),
+                                         ("import path", ["model.pooling=tinypool:TopTwoMean"])],
+                      seeds=1)
+    summary = run_benchmark(grid, cache / "u", progress=False)
+    assert summary["cells"]["done"] == 2
+    for cell in cell_dirs(load_grid(grid), cache / "u"):
+        model, *_ = load_trained(cell / "run" / "best.pt")
+        assert type(model.pool).__name__ == "TopTwoMean"
+        x = torch.randn(2, 8, 4, 4)
+        torch.testing.assert_close(model.pool(x), x.flatten(2).topk(2, -1).values.mean(-1))
+    with pytest.raises(PluginError, match="cannot import module 'nosuch.mod'"):
+        build_pooling("nosuch.mod:Pool", 8)
+    with pytest.raises(PluginError, match=r"'tinypool:Flat' must map \[N, K, S, S\] to \[N, K\]"):
+        build_pooling("tinypool:Flat", 8)
+    with pytest.raises(PluginError, match="has no 'Missing'"):
+        build_pooling("tinypool:Missing", 8)
+    with pytest.raises(PluginError, match=r"toptwo|entry-point group 'wsloc.pooling'"):
+        build_pooling("not_registered", 8)
+
+
+def test_jobs_run_cells_in_their_own_processes(cache):
+    grid = write_grid(cache / "g.yaml", [("a", []), ("b", ["model.pooling=avg"])], seeds=1)
+    summary = run_benchmark(grid, cache / "j", jobs=2, progress=False)
+    assert summary["cells"]["done"] == 2
+    for cell in cell_dirs(load_grid(grid), cache / "j"):
+        assert "epoch 2/2" in (cell / "log.txt").read_text()
+    assert os.path.isfile(cache / "j" / "results.md")

@@ -1,0 +1,35 @@
+import json
+
+import pytest
+
+from wsloc.engine.rundir import RunMismatch, claim, differences, write_atomic
+
+
+def test_claim_records_continues_and_refuses(tmp_path):
+    out, resumed = claim(tmp_path / "o", {"a": 1, "b": {"c": [1, 2]}}, "thing")
+    assert not resumed
+    assert json.loads((out / "run.json").read_text()) == {"a": 1, "b": {"c": [1, 2]}}
+    assert claim(out, {"a": 1, "b": {"c": [1, 2]}}, "thing") == (out, True)
+    with pytest.raises(RunMismatch, match=r"b\.c: \[1, 2\] → \[1, 3\]; d: \(absent\) → 4"):
+        claim(out, {"a": 1, "b": {"c": [1, 3]}, "d": 4}, "thing")
+    grows = lambda old, new: new["a"] >= old["a"]  # noqa: E731
+    assert claim(out, {"a": 2, "b": {"c": [1, 2]}}, "thing", extends=grows) == (out, True)
+    assert json.loads((out / "run.json").read_text())["a"] == 2
+    with pytest.raises(RunMismatch, match="a: 2 → 1"):
+        claim(out, {"a": 1, "b": {"c": [1, 2]}}, "thing", extends=grows)
+
+
+def test_a_folder_of_other_files_is_refused(tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "mine.txt").write_text("x")
+    with pytest.raises(RunMismatch, match="not empty and holds no run.json"):
+        claim(tmp_path / "o", {"a": 1}, "thing")
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["mine.txt"]
+
+
+def test_write_atomic_replaces_whole(tmp_path):
+    path = tmp_path / "f.txt"
+    write_atomic(path, "one")
+    write_atomic(path, "two")
+    assert path.read_text() == "two" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+    assert differences({"x": 1}, {"x": 1}) == []
