@@ -61,7 +61,8 @@ def _all_commands():
         for block in _blocks(page, SHELL):
             for words in _shell_lines(block):
                 for argv in wsloc_commands(words):
-                    yield pytest.param(argv, id=f"{page.relative_to(ROOT)}: wsloc {' '.join(argv)}"[:120])
+                    name = f"{page.relative_to(ROOT)}: wsloc {' '.join(argv)}"
+                    yield pytest.param(argv, id=name[:120])
 
 
 COMMANDS = list(_all_commands())
@@ -119,7 +120,8 @@ def _anchors(page: Path) -> set[str]:
 
 
 def test_slug_rule():
-    assert _slug("Results: the demo on the synthetic set") == "results-the-demo-on-the-synthetic-set"
+    assert _slug("Results: the demo on the synthetic set") == (
+        "results-the-demo-on-the-synthetic-set")
     assert _slug("Pooling ops — `wsloc.ops`") == "pooling-ops--wslocops"
 
 
