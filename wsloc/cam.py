@@ -125,23 +125,47 @@ def _gradient_maps(model: nn.Module, x: Tensor, layer: nn.Module,
                 got = tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__
                 raise ValueError(f"{who}: `layer` must output a Tensor[N, K, h, w] on the "
                                  f"path to the logits, got {got}")
-            n_classes = logits.shape[1]
-            classes = list(range(n_classes)) if classes is None else list(classes)
-            for c in classes:
-                if not isinstance(c, int) or not 0 <= c < n_classes:
-                    raise ValueError(f"{who}: `classes` must be ints in [0, {n_classes}), "
-                                     f"got {c!r}")
-            acts = a.detach().float()
-            maps = [acts.new_zeros(acts.shape[0], 0, *acts.shape[2:])]
-            for i, c in enumerate(classes):
-                (g,) = torch.autograd.grad(logits[:, c].sum(), a, allow_unused=True,
-                                           retain_graph=i < len(classes) - 1)
-                g = torch.zeros_like(acts) if g is None else g.float()
-                maps.append(torch.relu(combine(acts, g))[:, None])
+            return _per_class(logits, a, classes, combine, who)
     finally:
         handle.remove()
         model.train(was_training)
+
+
+def _per_class(logits: Tensor, a: Tensor, classes: Sequence[int] | None,
+               combine: Callable[[Tensor, Tensor], Tensor], who: str) -> tuple[Tensor, Tensor]:
+    """For each class c, g = d (Σ_n logit[n, c]) / dA and the map relu(combine(A, g))."""
+    n_classes = logits.shape[1]
+    classes = list(range(n_classes)) if classes is None else list(classes)
+    for c in classes:
+        if not isinstance(c, int) or not 0 <= c < n_classes:
+            raise ValueError(f"{who}: `classes` must be ints in [0, {n_classes}), got {c!r}")
+    acts = a.detach().float()
+    maps = [acts.new_zeros(acts.shape[0], 0, *acts.shape[2:])]
+    for i, c in enumerate(classes):
+        (g,) = torch.autograd.grad(logits[:, c].sum(), a, allow_unused=True,
+                                   retain_graph=i < len(classes) - 1)
+        g = torch.zeros_like(acts) if g is None else g.float()
+        maps.append(torch.relu(combine(acts, g))[:, None])
     return torch.sigmoid(logits.detach().float()), torch.cat(maps, 1)
+
+
+def _head_gradient_maps(model, x: Tensor, combine, who: str) -> tuple[Tensor, Tensor]:
+    """A gradient method at a ChestXray8Net's transition output, with the backbone run
+    without autograd: the gradient of the logits with respect to the transition features
+    depends on the head alone, so only the head's graph is kept — the same maps as
+    :func:`_gradient_maps` at ``model.transition``, for far less memory on large films."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            f = model.forward_features(x)
+        with torch.enable_grad():
+            f = f.detach().requires_grad_(True)
+            out = _per_class(model.forward_head(f), f, None, combine, who)
+        model.features, model.class_maps = f.detach(), model.class_maps.detach()
+        return out
+    finally:
+        model.train(was_training)
 
 
 def _grad_cam_map(a: Tensor, g: Tensor) -> Tensor:
@@ -234,8 +258,8 @@ def layer_cam(model: nn.Module, x: Tensor, layer: nn.Module,
     return _gradient_maps(model, x, layer, classes, _layer_cam_map, "layer_cam")
 
 
-_GRADIENT_METHODS = {"gradcam": grad_cam, "gradcam++": grad_cam_plus_plus,
-                     "layercam": layer_cam}
+_COMBINE = {"gradcam": _grad_cam_map, "gradcam++": _grad_cam_pp_map,
+            "layercam": _layer_cam_map}  # cell_maps' gradient methods: how A and g combine
 _WHAT = "--method"
 
 
@@ -332,8 +356,9 @@ def cell_maps(model, x: Tensor, method: str | Callable = "cam", channels_last: b
     Methods (:data:`METHODS`): ``"cam"``, the class maps of the one forward pass
     (:func:`class_activation_maps`); ``"gradcam"``, ``"gradcam++"``, ``"layercam"``
     (:func:`grad_cam`, :func:`grad_cam_plus_plus`, :func:`layer_cam`) explaining the
-    transition layer's output (``model.features``) for every class: one forward pass and
-    one backward pass per class. Or a user's own: a callable, ``"package.module:func"``,
+    transition layer's output (``model.features``) for every class: one forward pass (the
+    backbone without autograd: the gradients need the head's graph alone) and one
+    backward pass per class through the head. Or a user's own: a callable, ``"package.module:func"``,
     or a name registered under the entry-point group ``wsloc.cam_methods``
     (:func:`resolve_method`). Its contract: ``func(model, x) -> (probabilities [N, C],
     maps [N, C, S, S])`` on that same cell grid, probabilities in [0, 1]; it is called in
@@ -359,7 +384,7 @@ def cell_maps(model, x: Tensor, method: str | Callable = "cam", channels_last: b
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     if isinstance(resolved, str):
-        return _GRADIENT_METHODS[resolved](model, x, model.transition)
+        return _head_gradient_maps(model, x, _COMBINE[resolved], name)
     from wsloc.plugins import PluginError
 
     was_training = model.training

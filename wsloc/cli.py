@@ -142,6 +142,8 @@ def _benchmark(args: argparse.Namespace) -> int:
     c = summary["cells"]
     print(f"{c['done']} of {c['total']} cells done, {c['failed']} failed, {c['pending']} "
           f"pending; wrote {args.out}/results.md, results.json")
+    if "this_cell" in summary:  # --cell K: the exit code is that cell's
+        return 0 if summary["this_cell"] == "done" else 1
     return 1 if c["failed"] else 0
 
 

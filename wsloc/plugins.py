@@ -36,9 +36,9 @@ def _import(spec: str, what: str):
         raise PluginError(f"{what} {spec!r}: write it as package.module:Name")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise PluginError(f"{what} {spec!r}: cannot import module {module_name!r} ({err})"
-                          ) from err
+    except Exception as err:  # missing, or broken on import (a SyntaxError, ...)
+        raise PluginError(f"{what} {spec!r}: cannot import module {module_name!r} "
+                          f"({type(err).__name__}: {err})") from err
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):

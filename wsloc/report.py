@@ -361,7 +361,8 @@ def benchmark_table(summary: dict) -> str:
                 for f in r["failed"]]
     if failures:
         lines += ["", "Failed cells:", ""]
-        lines += [f"- {row}, seed {f['seed']}: {f['reason']}" for row, f in failures]
+        lines += [f"- cell {f['cell']} ({row}, seed {f['seed']}): {f['reason']}"
+                  for row, f in failures]
     return "\n".join(lines) + "\n"
 
 
@@ -397,7 +398,7 @@ def benchmark_plots(summary: dict, out: str | Path) -> None:
     ax.set_title(f"{summary['grid']}: each seed a dot, mean ± std", fontsize=10)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(out / "localization_vs_auc.png", dpi=110)
+    _save_whole(fig, out / "localization_vs_auc.png")
     plt.close(fig)
 
     findings = sorted({f for r in rows for f in r["findings"]},
@@ -415,5 +416,14 @@ def benchmark_plots(summary: dict, out: str | Path) -> None:
     ax.set_title(f"{summary['grid']}: per finding, mean ± std over seeds", fontsize=10)
     ax.legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
-    fig.savefig(out / "findings.png", dpi=110)
+    _save_whole(fig, out / "findings.png")
     plt.close(fig)
+
+
+def _save_whole(fig, path: Path) -> None:
+    """Save through a temporary file and a rename: a reader never sees half a PNG."""
+    import os
+
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)

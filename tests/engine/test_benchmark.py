@@ -62,7 +62,7 @@ def test_grid_rows_axes_and_errors(tmp_path):
     assert load_grid(grid, seeds=5).seeds == 5
     bad = [({"rowz": []}, "unknown key"), ({"rows": [{"name": "a"}, {"name": "a"}]},
                                            "unique"),
-           ({"report": {"split": "val"}}, "selected on"), ({"methods": []}, "methods"),
+           ({"report": {"split": "val"}}, "select on"), ({"methods": []}, "methods"),
            ({"seeds": 0}, "seeds"), ({"goals": {"auc": 1}}, "goals")]
     for change, message in bad:
         spec = tmp_path / "bad.yaml"
@@ -149,8 +149,8 @@ def test_a_failed_cell_is_recorded_and_the_grid_goes_on(cache, capsys):
     failed = summary["rows"][1]["failed"]
     assert failed[0]["seed"] == 0 and "model.pooling 'nope' is not known" in failed[0]["reason"]
     md = (cache / "b" / "results.md").read_text()
-    assert "| broken | cam | 0 (+1 failed) |" in md and "- broken, seed 0:" in md
-    assert "[2/2] broken, seed 0: FAILED" in capsys.readouterr().out
+    assert "| broken | cam | 0 (+1 failed) |" in md and "- cell 1 (broken, seed 0):" in md
+    assert "cell 1/2 (broken, seed 0): FAILED" in capsys.readouterr().out
 
 
 def test_one_cell_only(cache):
@@ -235,3 +235,107 @@ def test_jobs_run_cells_in_their_own_processes(cache):
     for cell in cell_dirs(load_grid(grid), cache / "j"):
         assert "epoch 2/2" in (cell / "log.txt").read_text()
     assert os.path.isfile(cache / "j" / "results.md")
+
+
+@pytest.fixture(scope="module")
+def two_methods(tmp_path_factory):
+    """One config, one seed, two methods: the grid and its uninterrupted results."""
+    root = tmp_path_factory.mktemp("two_methods")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WSLOC_CACHE", str(root / "cache"))
+        grid = write_grid(root / "g.yaml", [("lse", [])], seeds=1, methods=("cam", "gradcam"))
+        run_benchmark(grid, root / "full", progress=False)
+        yield root, grid, json.loads((root / "full" / "results.json").read_text())
+
+
+def _kill_at(monkeypatch, point):
+    """Make the run die (KeyboardInterrupt, as a kill would: nothing caught) at ``point``."""
+    import wsloc.engine.benchmark as bench
+    import wsloc.engine.evaluate as ev
+
+    def dies(real, when):
+        calls = {"n": 0}
+
+        def wrapped(*args, **kwargs):
+            calls["n"] += 1
+            if when(calls["n"], *args):
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+        return wrapped
+
+    if point == "between training and evaluation":
+        monkeypatch.setattr(bench, "report_root", dies(bench.report_root, lambda n, *a: True))
+    elif point == "during the second method's evaluation":
+        monkeypatch.setattr(ev, "localize_split", dies(ev.localize_split, lambda n, *a: n == 2))
+    elif point == "before cell.json is written":
+        monkeypatch.setattr(bench, "write_json_atomic", dies(
+            bench.write_json_atomic, lambda n, path, *a: path.name == "cell.json"))
+    elif point == "while the tables are written":
+        import wsloc.report as report
+
+        monkeypatch.setattr(report, "benchmark_table", dies(report.benchmark_table,
+                                                            lambda n, *a: True))
+
+
+@pytest.mark.parametrize("point", ["between training and evaluation",
+                                   "during the second method's evaluation",
+                                   "before cell.json is written",
+                                   "while the tables are written"])
+def test_killed_anywhere_resumes_to_the_same_results(two_methods, point, monkeypatch):
+    root, grid, full = two_methods
+    monkeypatch.setenv("WSLOC_CACHE", str(root / "cache"))
+    out = root / f"cut-{point.split()[0]}-{point.split()[-1]}"
+    with monkeypatch.context() as mp:
+        _kill_at(mp, point)
+        with pytest.raises(KeyboardInterrupt):
+            run_benchmark(grid, out, progress=False)
+    resumed = run_benchmark(grid, out, progress=False)
+    assert _strip_timing(resumed) == _strip_timing(full)
+    assert _strip_timing(json.loads((out / "results.json").read_text())) == _strip_timing(full)
+    gradcam = resumed["rows"][1]["metrics"]
+    assert resumed["rows"][1]["method"] == "gradcam" and "tiobb" in gradcam
+
+
+def test_grid_mistakes_fail_before_anything_trains(cache):
+    import yaml
+
+    cases = [({"methods": ["cam", "gradcam+"]}, "methods: --method 'gradcam\\+' is not known"),
+             ({"report": {"synthetic": {"n": "abc"}}}, r"report.synthetic.n must be an int"),
+             ({"report": {"split": "train"}}, "a split the cells train or select on"),
+             ({"goals": {"tiobb": 85}}, r"numbers in \[0, 1\]")]
+    for change, message in cases:
+        spec = cache / "bad.yaml"
+        spec.write_text(yaml.safe_dump({"base": "demo", "rows": [{"name": "a"}], **change}))
+        with pytest.raises(ConfigError, match=message):
+            load_grid(spec)
+    grid = write_grid(cache / "g.yaml", [("ok", []), ("typo", ["model.nosuch=1"])], seeds=1)
+    with pytest.raises(ConfigError, match="row 'typo': .*unknown key 'model.nosuch'"):
+        run_benchmark(grid, cache / "t", progress=False)
+    assert not (cache / "t").exists() or not any((cache / "t").iterdir())
+
+
+def test_cell_exit_code_is_its_own_and_seeds_are_remembered(cache):
+    grid = write_grid(cache / "g.yaml", [("ok", []), ("broken", ["model.pooling=nope"])],
+                      seeds=1)
+    out = str(cache / "e")
+    assert main(["benchmark", "--grid", str(grid), "--out", out, "--cell", "1"]) == 1
+    assert main(["benchmark", "--grid", str(grid), "--out", out, "--cell", "0"]) == 0
+    # grown to 2 seeds; the same command without --seeds goes on with 2
+    summary = run_benchmark(grid, out, seeds=2, cell=2, progress=False)
+    assert summary["cells"]["total"] == 4
+    assert run_benchmark(grid, out, cell=0, progress=False)["cells"]["total"] == 4
+
+
+def test_a_users_pooling_leaves_the_random_stream_alone(cache, monkeypatch):
+    import torch
+
+    from wsloc.models import ChestXray8Net
+
+    _install_plugin(cache / "site", monkeypatch)
+    weights = []
+    for pooling in ("max", "tinypool:TopTwoMean"):
+        torch.manual_seed(0)
+        net = ChestXray8Net(8, backbone="resnet18", transition_channels=16, pooling=pooling,
+                            pool_on="classes", feature_stride=8)
+        weights.append(net.prediction.weight.detach().clone())
+    torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=0)

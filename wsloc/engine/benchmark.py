@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 import traceback
-from contextlib import redirect_stdout
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 from wsloc.engine.grid import Grid, Row, load_grid
@@ -44,21 +44,18 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")[:48] or "row"
 
 
+def method_folder(method: str) -> str:
+    """The folder of a method's evaluation in a cell (``eval-gradcam++``): the name as
+    `wsloc evaluate` spells it, characters other than letters, digits and ``._+-`` as ``_``."""
+    return "eval-" + re.sub(r"[^A-Za-z0-9._+-]+", "_", method)
+
+
 def cell_dirs(grid: Grid, out: Path) -> list[Path]:
     """Each cell's folder, named by its row (index and name) and seed, so that rows appended
     to a grid, or seeds added, leave every existing cell where it is."""
     index = {row: i for i, row in enumerate(grid.rows)}
     return [out / "cells" / f"r{index[row]:02d}-{_slug(row.name)}-seed{seed}"
             for row, seed in grid.cells]
-
-
-def _extends(old: dict, new: dict) -> bool:
-    """Whether grid record ``new`` only appends rows to ``old`` or adds seeds."""
-    o, n = old["grid"], new["grid"]
-    same = {k: v for k, v in o.items() if k not in ("rows", "seeds")} == {
-        k: v for k, v in n.items() if k not in ("rows", "seeds")}
-    return (same and old.get("data_root") == new.get("data_root")
-            and n["rows"][:len(o["rows"])] == o["rows"] and n["seeds"] >= o["seeds"])
 
 
 def cell_config(grid: Grid, row: Row, seed: int, data_root: str | None) -> dict:
@@ -70,6 +67,33 @@ def cell_config(grid: Grid, row: Row, seed: int, data_root: str | None) -> dict:
     if data_root is not None:
         overrides.append(f"data.root={data_root}")
     return load_config(grid.base, overrides)
+
+
+def row_configs(grid: Grid, data_root: str | None) -> list[dict]:
+    """Every row's resolved config (its train.seed left out): what the cells train, kept in
+    the benchmark's record so that a changed base config is never mixed in. A config that
+    does not resolve is an error naming the grid and the row."""
+    from wsloc.config import ConfigError
+
+    out = []
+    for row in grid.rows:
+        try:
+            cfg = cell_config(grid, row, 0, data_root)
+        except (ConfigError, FileNotFoundError) as err:
+            raise ConfigError(f"{grid.path}: row {row.name!r}: {err}") from err
+        cfg["train"].pop("seed")
+        out.append(cfg)
+    return out
+
+
+def _extends(old: dict, new: dict) -> bool:
+    """Whether the record ``new`` only appends rows to ``old`` or adds seeds."""
+    o, n = old["grid"], new["grid"]
+    rest = lambda g: {k: v for k, v in g.items() if k not in ("rows", "seeds")}  # noqa: E731
+    return (rest(o) == rest(n) and old.get("data_root") == new.get("data_root")
+            and n["rows"][:len(o["rows"])] == o["rows"] and n["seeds"] >= o["seeds"]
+            and "configs" in old
+            and new["configs"][:len(old["configs"])] == old["configs"])
 
 
 def report_root(grid: Grid, cfg: dict, progress: bool) -> str | None:
@@ -88,12 +112,14 @@ def _builtin_root(cfg: dict, progress: bool) -> Path:
     return data_root_of(cfg, progress=progress)
 
 
-def _trained(run: Path, epochs: int) -> bool:
+def _history(run: Path) -> list[dict] | None:
+    """The finished epochs of a run, from its last checkpoint (the record that a kill
+    cannot leave behind the weights), or None before the first epoch ends."""
     from wsloc.engine.checkpoint import load_checkpoint
 
     if not (run / "last.pt").is_file() or not (run / "best.pt").is_file():
-        return False
-    return load_checkpoint(run / "last.pt")["epoch"] >= epochs
+        return None
+    return list(load_checkpoint(run / "last.pt")["history"])
 
 
 def _train_cell(cfg: dict, run: Path, progress: bool) -> None:
@@ -109,21 +135,26 @@ def _train_cell(cfg: dict, run: Path, progress: bool) -> None:
 
 def _evaluate_cell(cell: Path, method: str, root: str | None, split: str,
                    progress: bool) -> dict:
-    """`wsloc evaluate` of the cell's best.pt with ``method``, written to a temporary folder
-    and renamed, so a killed evaluation leaves nothing that looks finished."""
+    """`wsloc evaluate` of the cell's best.pt with ``method`` (its tables go to
+    ``eval-<method>.log``), written to a temporary folder with its whole result in
+    ``result.json`` and then renamed: a killed evaluation leaves nothing that looks
+    finished, and a finished one is read back whole."""
     from wsloc.engine.evaluate import evaluate
 
-    final = cell / f"eval-{_slug(method)}"
-    if (final / "metrics.json").is_file():
-        return json.loads((final / "metrics.json").read_text())
-    tmp = cell / f".eval-{_slug(method)}.tmp"
+    final = cell / method_folder(method)
+    if (final / "result.json").is_file():
+        return json.loads((final / "result.json").read_text())
+    shutil.rmtree(final, ignore_errors=True)  # from before result.json was kept: redo
+    tmp = cell / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    with open(cell / f"eval-{_slug(method)}.log", "w") as log, redirect_stdout(log):
+    with open(cell / f"{final.name}.log", "w") as log, redirect_stdout(log):
         result = evaluate(cell / "run" / "best.pt", data_root=root, split=split, out=tmp,
-                          progress=progress, method=method)  # its tables: the log, results.md
+                          progress=progress, method=method, masks=False)
+    result.pop("out", None)
+    write_json_atomic(tmp / "result.json", result)
     os.replace(tmp, final)
-    return result
+    return json.loads((final / "result.json").read_text())
 
 
 def _figures(result: dict) -> dict:
@@ -142,6 +173,24 @@ def _figures(result: dict) -> dict:
     return out
 
 
+@contextmanager
+def _locked(path: Path, blocking: bool = True):
+    """An exclusive advisory lock on ``path`` (fcntl.flock): yields whether it was taken
+    (always, when blocking). Released when the holder exits, however it exits."""
+    import fcntl
+
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _run_cell(grid: Grid, k: int, cell: Path, data_root: str | None, progress: bool) -> dict:
     """Train and evaluate cell ``k``; its outcome is written to ``cell.json`` either way."""
     row, seed = grid.cells[k]
@@ -149,12 +198,11 @@ def _run_cell(grid: Grid, k: int, cell: Path, data_root: str | None, progress: b
     began = time.perf_counter()
     try:
         cfg = cell_config(grid, row, seed, data_root)
-        cell.mkdir(parents=True, exist_ok=True)
         run = cell / "run"
-        if not _trained(run, cfg["train"]["epochs"]):
+        history = _history(run)
+        if history is None or len(history) < cfg["train"]["epochs"]:
             _train_cell(cfg, run, progress)
-        history = [json.loads(line) for line in (run / "history.jsonl").read_text().split("\n")
-                   if line.strip()]
+            history = _history(run)
         outcome["train_s"] = round(sum(h["seconds"] for h in history), 1)
         outcome["epochs"] = len(history)
         root = report_root(grid, cfg, progress)
@@ -177,18 +225,30 @@ def _run_cell(grid: Grid, k: int, cell: Path, data_root: str | None, progress: b
     return outcome
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); remove it to redo that cell"
+                         ) from err
+
+
 def _done(cell: Path, retry_failed: bool) -> dict | None:
     path = cell / CELL
     if not path.is_file():
         return None
-    outcome = json.loads(path.read_text())
+    outcome = _read_json(path)
     if outcome.get("status") == "failed" and retry_failed:
         return None
     return outcome
 
 
+def _head(k: int, total: int, row: str, seed: int) -> str:
+    return f"cell {k}/{total} ({row}, seed {seed}):"
+
+
 def _line(k: int, total: int, outcome: dict) -> str:
-    head = f"[{k + 1}/{total}] {outcome['row']}, seed {outcome['seed']}:"
+    head = _head(k, total, outcome["row"], outcome["seed"])
     if outcome["status"] != "done":
         return f"{head} FAILED ({outcome['reason']})"
     parts = []
@@ -201,16 +261,19 @@ def _line(k: int, total: int, outcome: dict) -> str:
 
 
 def _subprocess_cell(grid_path: str, out: Path, k: int, seeds: int, data_root: str | None,
-                     retry_failed: bool, env: dict, log: Path) -> subprocess.Popen:
+                     env: dict, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "wsloc.cli", "benchmark", "--grid", grid_path, "--out",
-           str(out), "--seeds", str(seeds), "--cell", str(k)]
+           str(out), "--seeds", str(seeds), "--cell", str(k), "--retry-failed"]
     if data_root is not None:
         cmd += ["--data-root", data_root]
-    if retry_failed:
-        cmd.append("--retry-failed")
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
         return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+
+
+def _stored_seeds(out: Path) -> int | None:
+    path = out / "run.json"
+    return _read_json(path)["grid"]["seeds"] if path.is_file() else None
 
 
 def run_benchmark(grid: str | Path, out: str | Path, data_root: str | None = None,
@@ -223,29 +286,38 @@ def run_benchmark(grid: str | Path, out: str | Path, data_root: str | None = Non
         grid: a grid file or a shipped grid's name (:func:`wsloc.engine.grid.load_grid`).
         out: the benchmark's folder; re-running the same grid into it continues the run.
         data_root: the data every cell trains on (default: each config's own).
-        seeds: training seeds per row (default: the grid's).
+        seeds: training seeds per row (default: the grid's, or as many as ``out`` already
+            holds when an earlier run added seeds).
         jobs: cells run at once, each in its own process (one GPU each when there are
-            GPUs, else an equal share of the CPU threads).
+            GPUs, else an equal share of the CPU cores).
         cell: run only this cell (0-based, cell order), e.g. one array job of a scheduler.
         retry_failed: run cells recorded as failed again.
     """
-    g = load_grid(grid, seeds)
+    from wsloc.engine.distributed import Dist
+
+    if Dist().world > 1:
+        raise ValueError("wsloc benchmark runs each cell in one process; start it without "
+                         "torchrun (--jobs N runs N cells at once, one GPU each)")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"--jobs must be an int >= 1, got {jobs!r}")
     out = Path(out)
-    record = {"grid": g.record(), "data_root": data_root}
+    g = load_grid(grid, seeds)
+    stored = _stored_seeds(out)
+    if seeds is None and stored is not None and stored > g.seeds:  # grown by --seeds before
+        g = load_grid(grid, stored)
+    total = len(g.cells)
+    if cell is not None and (isinstance(cell, bool) or not isinstance(cell, int)
+                             or not 0 <= cell < total):
+        raise ValueError(f"--cell must be in [0, {total - 1}] ({len(g.rows)} rows × "
+                         f"{g.seeds} seeds), got {cell!r}")
+    data_root = None if data_root is None else str(Path(data_root).resolve())
+    record = {"grid": g.record(), "data_root": data_root,
+              "configs": row_configs(g, data_root)}
     out, resumed = claim(out, record, "benchmark", extends=_extends)
     if resumed and progress and cell is None:
         print(f"continuing the benchmark in {out}", flush=True)
     dirs = cell_dirs(g, out)
-    total = len(dirs)
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"--jobs must be an int >= 1, got {jobs!r}")
-    if cell is not None:
-        if isinstance(cell, bool) or not isinstance(cell, int) or not 0 <= cell < total:
-            raise ValueError(f"--cell must be in [0, {total - 1}] ({len(g.rows)} rows × "
-                             f"{g.seeds} seeds), got {cell!r}")
-        todo = [cell]
-    else:
-        todo = list(range(total))
+    todo = [cell] if cell is not None else list(range(total))
     pending = []
     for k in todo:
         outcome = _done(dirs[k], retry_failed)
@@ -256,71 +328,109 @@ def run_benchmark(grid: str | Path, out: str | Path, data_root: str | None = Non
             pending.append(k)
     if jobs == 1 or len(pending) <= 1:
         for k in pending:
-            row, seed = g.cells[k]
-            if progress:
-                print(f"[{k + 1}/{total}] {row.name}, seed {seed}: running in {dirs[k]}",
-                      flush=True)
-            outcome = _run_cell(g, k, dirs[k], data_root, progress)
-            if progress:
-                print(_line(k, total, outcome), flush=True)
+            _one_cell(g, k, dirs[k], data_root, progress, total)
             summarize(g, out)
     else:
-        _run_parallel(g, out, dirs, pending, jobs, data_root, retry_failed, progress)
-    return summarize(g, out)
+        _run_parallel(g, out, dirs, pending, jobs, data_root, progress)
+    summary = summarize(g, out)
+    if cell is not None:  # an array job's exit code is its own cell's
+        outcome = _done(dirs[cell], False)
+        summary["this_cell"] = outcome["status"] if outcome else "running elsewhere"
+    return summary
+
+
+def _one_cell(g: Grid, k: int, cell: Path, data_root: str | None, progress: bool,
+              total: int) -> None:
+    """Run cell ``k`` unless another process holds its lock (a requeued array job, say)."""
+    row, seed = g.cells[k]
+    cell.mkdir(parents=True, exist_ok=True)
+    with _locked(cell / ".lock", blocking=False) as mine:
+        if not mine:
+            print(f"{_head(k, total, row.name, seed)} skipped: another process is running "
+                  f"it ({cell / '.lock'} is held)", flush=True)
+            return
+        if progress:
+            print(f"{_head(k, total, row.name, seed)} running in {cell}", flush=True)
+        outcome = _run_cell(g, k, cell, data_root, progress)
+    if progress:
+        print(_line(k, total, outcome), flush=True)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _run_parallel(g: Grid, out: Path, dirs: list[Path], pending: list[int], jobs: int,
-                  data_root: str | None, retry_failed: bool, progress: bool) -> None:
+                  data_root: str | None, progress: bool) -> None:
     import torch
 
-    gpus = torch.cuda.device_count()
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    running: dict[int, subprocess.Popen] = {}
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = ([d for d in visible.split(",") if d.strip()] if visible is not None
+            else [str(i) for i in range(torch.cuda.device_count())])
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, _cores() // jobs))
+    running: dict[int, tuple[subprocess.Popen, str | None]] = {}
     queue = list(pending)
     total = len(dirs)
-    while queue or running:
-        while queue and len(running) < jobs:
-            k = queue.pop(0)
-            env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-            if gpus:
-                env["CUDA_VISIBLE_DEVICES"] = str(len(running) % gpus)
-            running[k] = _subprocess_cell(g.path, out, k, g.seeds, data_root, retry_failed,
-                                          env, dirs[k] / "log.txt")
-            if progress:
-                row, seed = g.cells[k]
-                print(f"[{k + 1}/{total}] {row.name}, seed {seed}: started (log: "
-                      f"{dirs[k] / 'log.txt'})", flush=True)
-        time.sleep(1.0)
-        for k, proc in list(running.items()):
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                k = queue.pop(0)
+                (dirs[k] / CELL).unlink(missing_ok=True)  # a failure being retried
+                env = dict(os.environ, OMP_NUM_THREADS=threads)
+                gpu = None
+                if gpus:  # the least busy of the visible GPUs
+                    busy = [gp for _, gp in running.values()]
+                    gpu = min(gpus, key=busy.count)
+                    env["CUDA_VISIBLE_DEVICES"] = gpu
+                running[k] = (_subprocess_cell(g.path, out, k, g.seeds, data_root, env,
+                                               dirs[k] / "log.txt"), gpu)
+                if progress:
+                    row, seed = g.cells[k]
+                    print(f"{_head(k, total, row.name, seed)} started (log: "
+                          f"{dirs[k] / 'log.txt'})", flush=True)
+            time.sleep(1.0)
+            for k, (proc, _) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[k]
+                outcome = _done(dirs[k], retry_failed=False)
+                if outcome is None:  # the process died before it could say why
+                    row, seed = g.cells[k]
+                    outcome = {"cell": k, "row": row.name, "seed": seed, "status": "failed",
+                               "reason": f"its process exited with code {proc.returncode} "
+                                         f"(see {dirs[k] / 'log.txt'})"}
+                    write_json_atomic(dirs[k] / CELL, outcome)
+                if progress:
+                    print(_line(k, total, outcome), flush=True)
+                summarize(g, out)
+    finally:  # interrupted: stop the cells still running (they resume next time)
+        for proc, _ in running.values():
             if proc.poll() is None:
-                continue
-            del running[k]
-            outcome = _done(dirs[k], retry_failed=False)
-            if outcome is None:  # the process died before it could say why
-                row, seed = g.cells[k]
-                outcome = {"cell": k, "row": row.name, "seed": seed, "status": "failed",
-                           "reason": f"its process exited with code {proc.returncode} "
-                                     f"(see {dirs[k] / 'log.txt'})"}
-                write_json_atomic(dirs[k] / CELL, outcome)
-            if progress:
-                print(_line(k, total, outcome), flush=True)
-            summarize(g, out)
+                proc.terminate()
+        for proc, _ in running.values():
+            proc.wait()
 
 
 def summarize(g: Grid, out: Path) -> dict:
-    """``results.json``, ``results.md`` and the figures from the cells finished so far."""
+    """``results.json``, ``results.md`` and the figures from the cells finished so far,
+    under a lock, so that the last of several processes to finish writes the last word."""
     from wsloc.engine.rundir import write_atomic
     from wsloc.report import benchmark_plots, benchmark_table
 
-    outcomes = []
-    for d in cell_dirs(g, out):
-        path = d / CELL
-        outcomes.append(json.loads(path.read_text()) if path.is_file() else None)
-    summary = summarize_cells(g, outcomes)
-    write_json_atomic(out / "results.json", summary)
-    write_atomic(out / "results.md", benchmark_table(summary))
-    if any(r["seeds_done"] for r in summary["rows"]):
-        benchmark_plots(summary, out)
+    with _locked(out / ".summary.lock"):
+        current = _read_json(out / "run.json")["grid"]
+        if current != g.record():  # the grid has grown since this process started
+            g = load_grid(g.path, current["seeds"])
+        outcomes = [_read_json(d / CELL) if (d / CELL).is_file() else None
+                    for d in cell_dirs(g, out)]
+        summary = summarize_cells(g, outcomes)
+        write_json_atomic(out / "results.json", summary)
+        write_atomic(out / "results.md", benchmark_table(summary))
+        if any(r["seeds_done"] for r in summary["rows"]):
+            benchmark_plots(summary, out)
     return summary
 
 
@@ -366,7 +476,7 @@ def summarize_cells(g: Grid, outcomes: list[dict | None]) -> dict:
     rows = []
     for r_index, row in enumerate(g.rows):
         mine = outcomes[r_index * g.seeds:(r_index + 1) * g.seeds]
-        failed = [{"seed": o["seed"], "reason": o["reason"]} for o in mine
+        failed = [{"cell": o["cell"], "seed": o["seed"], "reason": o["reason"]} for o in mine
                   if o and o["status"] == "failed"]
         done = [o for o in mine if o and o["status"] == "done"]
         for method in g.methods:
@@ -376,7 +486,7 @@ def summarize_cells(g: Grid, outcomes: list[dict | None]) -> dict:
                      "seeds_done": seeds, "failed": failed, "metrics": {}, "findings": {}}
             for key, (_, higher) in METRICS.items():
                 values = [f.get(key) for f in per]
-                if values and all(v is not None for v in values):
+                if values and all(v is not None and v == v for v in values):  # no NaN
                     entry["metrics"][key] = _spread(values, seeds, higher)
             if "weakest" in entry["metrics"]:
                 worst = seeds.index(entry["metrics"]["weakest"]["worst_seed"])

@@ -113,8 +113,8 @@ def _compare_masks(checkpoint, cfg: dict, root: Path, split: str, classes, batch
 
 def evaluate(checkpoint: str | Path, data_root: str | Path | None = None, split: str = "test",
              out: str | Path | None = None, batch_size: int | None = None,
-             progress: bool = True, compare: str | Path | None = None, method: str = "cam"
-             ) -> dict:
+             progress: bool = True, compare: str | Path | None = None, method: str = "cam",
+             masks: bool = True) -> dict:
     """Evaluate a checkpoint: per-class AUC, mean AUC, ``metrics.json``, ``roc.png`` and
     ``results.md`` (laid out like the paper's table, the paper's ResNet-50 beside ours).
     When the split has boxes (the NIH release's, or the synthetic set's), also the paper's
@@ -132,7 +132,8 @@ def evaluate(checkpoint: str | Path, data_root: str | Path | None = None, split:
     entry-point name), recorded as ``"method"`` in ``metrics.json`` and ``localization.json``
     and named in ``results.md``; the default folder is then ``eval-<split>-<method>``. The
     masks' IoU stays CAM's. A method other than ``cam`` on a pixel checkpoint, or one that
-    cannot be resolved, is an error before anything runs."""
+    cannot be resolved, is an error before anything runs. ``masks=False`` skips the mask IoU
+    (``wsloc benchmark`` does: its tables have none)."""
     from wsloc.cam import method_for
     from wsloc.engine.segment import segment_split
     from wsloc.report import (
@@ -188,7 +189,7 @@ def evaluate(checkpoint: str | Path, data_root: str | Path | None = None, split:
                                             f"wsloc {method}"))
             written += ["localization.json", "boxes.json"]
         masks = segment_split(model, dataset, cfg, batch_size or cfg["train"]["batch_size"],
-                              progress)
+                              progress) if masks else None
         if masks is not None:
             if compare is not None:
                 masks["compare"] = _compare_masks(compare, cfg, root, split, dataset.classes,

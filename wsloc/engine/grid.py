@@ -140,7 +140,7 @@ def _rows(spec: dict, where: str) -> tuple[Row, ...]:
 def load_grid(name: str | Path, seeds: int | None = None) -> Grid:
     """Read and check a grid file (``name``: a path or a shipped grid's name); ``seeds``
     overrides its number of training seeds. Errors name the file and the key."""
-    from wsloc.cam import METHODS
+    from wsloc.cam import METHODS, resolve_method
 
     path = find_grid(name)
     where = str(path)
@@ -165,8 +165,17 @@ def load_grid(name: str | Path, seeds: int | None = None) -> Grid:
             or not all(isinstance(m, str) and m for m in methods)):
         raise ConfigError(f"{where}: methods must be a non-empty list of names (built in: "
                           f"{', '.join(METHODS)}), got {methods!r}")
-    if len(set(methods)) != len(methods):
-        raise ConfigError(f"{where}: methods repeat: {methods!r}")
+    from wsloc.engine.benchmark import method_folder
+    from wsloc.plugins import PluginError
+
+    folders = [method_folder(m) for m in methods]
+    if len(set(folders)) != len(folders):
+        raise ConfigError(f"{where}: methods repeat (or share a folder name): {methods!r}")
+    for m in methods:  # a typo fails now, not after every cell has trained
+        try:
+            resolve_method(m)
+        except PluginError as err:
+            raise ConfigError(f"{where}: methods: {err}") from err
     select = spec.get("select", "val")
     if select != "val":
         raise ConfigError(f"{where}: select must be 'val' (best.pt is chosen by the "
@@ -174,9 +183,10 @@ def load_grid(name: str | Path, seeds: int | None = None) -> Grid:
     report = _report(spec.get("report") or {}, where)
     goals = spec.get("goals") or {}
     if not isinstance(goals, dict) or set(goals) - set(GOALS) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in goals.values()):
-        raise ConfigError(f"{where}: goals must map some of {', '.join(GOALS)} to numbers, "
-                          f"got {goals!r}")
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+            for v in goals.values()):
+        raise ConfigError(f"{where}: goals must map some of {', '.join(GOALS)} to numbers "
+                          f"in [0, 1], got {goals!r}")
     return Grid(name=str(spec.get("name") or path.stem), path=str(path), base=str(spec["base"]),
                 overrides=_strings(spec.get("set"), f"{where}: set"),
                 rows=_rows(spec, where), seeds=n, methods=tuple(methods), select=select,
@@ -200,11 +210,16 @@ def _report(report: dict, where: str) -> dict:
         if not isinstance(synth, dict) or set(synth) - {"n", "size", "seed"}:
             raise ConfigError(f"{where}: report.synthetic takes n, size and seed, got "
                               f"{synth!r}")
-        out["synthetic"] = {"n": int(synth.get("n", 1000)), "size": int(synth.get("size", 256)),
-                            "seed": int(synth.get("seed", 0))}
+        out["synthetic"] = {}
+        for key, default, low in (("n", 1000, 10), ("size", 256, 32), ("seed", 0, 0)):
+            v = synth.get(key, default)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"{where}: report.synthetic.{key} must be an int >= {low}, "
+                                  f"got {v!r}")
+            out["synthetic"][key] = v
     elif "data_root" in report:
-        out["data_root"] = str(report["data_root"])
-    elif split == "val":
-        raise ConfigError(f"{where}: report.split 'val' of the training data is the split "
-                          "best.pt is selected on; report another split or other data")
+        out["data_root"] = str(Path(report["data_root"]).resolve())
+    elif split != "test":
+        raise ConfigError(f"{where}: report.split {split!r} of the training data is a split "
+                          "the cells train or select on; report 'test', or other data")
     return out

@@ -185,6 +185,10 @@ def train(cfg: dict, out: str | Path | None = None, resume: str | Path | None = 
         start, best, history = ckpt["epoch"], ckpt["best"], list(ckpt["history"])
         set_rng_state(ckpt["rng"])
         if d.main:
+            # the checkpoint's history is the record: a kill after last.pt was written but
+            # before history.jsonl was appended would otherwise lose that epoch's line
+            (run_dir / "history.jsonl").write_text(
+                "".join(json.dumps(h) + "\n" for h in history))
             print(f"resuming {run_dir} after epoch {start}/{t['epochs']}")
 
     for epoch in range(start, t["epochs"]):
@@ -236,9 +240,11 @@ def train(cfg: dict, out: str | Path | None = None, resume: str | Path | None = 
                      "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                      "epoch": epoch + 1, "best": best, "config": cfg, "classes": list(classes),
                      "history": history, "rng": rng_state()}
-            save_checkpoint(state, run_dir / "last.pt")
+            # best.pt before last.pt: a run killed between the two resumes from the epoch
+            # before and writes both again, never leaving last.pt ahead of a stale best.pt
             if improved:
                 save_checkpoint(state, run_dir / "best.pt")
+            save_checkpoint(state, run_dir / "last.pt")
             with open(run_dir / "history.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             print(f"epoch {epoch + 1}/{t['epochs']}  loss {record['train_loss']:.4f}  "

@@ -91,13 +91,19 @@ def user_pooling(name: str, channels: int) -> nn.Module:
                           "class or a factory")
     if not isinstance(module, nn.Module):
         raise PluginError(f"{what} {name!r} gave a {type(module).__name__}, not an nn.Module")
-    probe = torch.randn(2, channels, 5, 5)
+    # the probe must not move the global RNG (the rows of an ablation start from the same
+    # weights whatever their pooling) nor a BatchNorm's running statistics
+    probe = torch.randn(2, channels, 5, 5, generator=torch.Generator().manual_seed(0))
+    was_training = module.training
+    module.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
             out = module(probe)
     except Exception as err:
         raise PluginError(f"{what} {name!r} failed on a [2, {channels}, 5, 5] input "
                           f"({type(err).__name__}: {err})") from err
+    finally:
+        module.train(was_training)
     if not isinstance(out, Tensor) or tuple(out.shape) != (2, channels):
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise PluginError(f"{what} {name!r} must map [N, K, S, S] to [N, K]; on "
