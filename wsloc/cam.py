@@ -358,8 +358,9 @@ def cell_maps(model, x: Tensor, method: str | Callable = "cam", channels_last: b
     (:func:`grad_cam`, :func:`grad_cam_plus_plus`, :func:`layer_cam`) explaining the
     transition layer's output (``model.features``) for every class: one forward pass (the
     backbone without autograd: the gradients need the head's graph alone) and one
-    backward pass per class through the head. Or a user's own: a callable, ``"package.module:func"``,
-    or a name registered under the entry-point group ``wsloc.cam_methods``
+    backward pass per class through the head. Or a user's own: a callable,
+    ``"package.module:func"``, or a name registered under the entry-point group
+    ``wsloc.cam_methods``
     (:func:`resolve_method`). Its contract: ``func(model, x) -> (probabilities [N, C],
     maps [N, C, S, S])`` on that same cell grid, probabilities in [0, 1]; it is called in
     eval mode, with autograd enabled, x on the model's device; anything else it returns,
