@@ -124,7 +124,8 @@ def cell_boxes(cells, frames: Sequence[tuple[int, int]], net_size: tuple[int, in
         cells: [K, S_h, S_w] cell maps in [0, 1] (tensor or array).
         frames: (height, width) of the film of each map.
         net_size: (height, width) of the network's input.
-        geometry: (stride, offset) of the cells (:func:`wsloc.cam.cell_geometry`).
+        geometry: (stride, offset) of the cells (:func:`wsloc.cam.cell_geometry`), or
+            (stride, offset_y, offset_x) (:func:`wsloc.cam.on_axis`).
         thresholds: on the [0, 255] scale; a point is in when its scaled value, rounded,
             exceeds the threshold.
 
@@ -186,10 +187,10 @@ def cell_box_arrays(cells, frames: Sequence[tuple[int, int]], net_size: tuple[in
     fh, fw = size[:, 0], size[:, 1]
     with np.errstate(invalid="ignore"):
         # the film pixels p whose centres fall strictly inside (lo, hi)
-        px1 = np.clip(np.floor(cell_to_pixel(x1, fw, net_size[1], geometry)) + 1, 0, fw)
-        px2 = np.clip(np.ceil(cell_to_pixel(x2, fw, net_size[1], geometry)), 0, fw)
-        py1 = np.clip(np.floor(cell_to_pixel(y1, fh, net_size[0], geometry)) + 1, 0, fh)
-        py2 = np.clip(np.ceil(cell_to_pixel(y2, fh, net_size[0], geometry)), 0, fh)
+        px1 = np.clip(np.floor(cell_to_pixel(x1, fw, net_size[1], geometry, 1)) + 1, 0, fw)
+        px2 = np.clip(np.ceil(cell_to_pixel(x2, fw, net_size[1], geometry, 1)), 0, fw)
+        py1 = np.clip(np.floor(cell_to_pixel(y1, fh, net_size[0], geometry, 0)) + 1, 0, fh)
+        py2 = np.clip(np.ceil(cell_to_pixel(y2, fh, net_size[0], geometry, 0)), 0, fh)
     keep = (px2 > px1) & (py2 > py1)  # a region no pixel centre falls in gets no box
     levels = np.asarray(thresholds, dtype=np.int64)[t_index]
     order = np.flatnonzero(keep)[np.argsort(k[keep], kind="stable")]  # by map, then as found

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["cell_geometry", "class_activation_maps", "grad_cam", "grad_cam_plus_plus",
+__all__ = ["cell_geometry", "on_axis", "class_activation_maps", "grad_cam", "grad_cam_plus_plus",
            "layer_cam", "cell_maps", "resolve_method", "method_for", "method_name",
            "METHODS", "to_frame", "normalize", "peak", "peaks", "cell_peaks", "cell_to_pixel",
            "HeatmapError"]
@@ -422,8 +422,21 @@ def _axis_weights(n_frame: int, n_net: int, cells: int, stride: float,
     return w.float()
 
 
+def on_axis(geometry: Sequence[float], axis: int) -> tuple[float, float]:
+    """(stride, offset) along ``axis`` (0: rows, y; 1: columns, x) of a cell geometry:
+    ``(stride, offset)`` for both axes, as :func:`cell_geometry` gives it, or ``(stride,
+    offset_y, offset_x)`` when the columns' centres differ (a model whose maps were
+    calibrated by mirroring: :mod:`wsloc.engine.calibrate`)."""
+    if len(geometry) == 2:
+        return float(geometry[0]), float(geometry[1])
+    if len(geometry) == 3:
+        return float(geometry[0]), float(geometry[1 + axis])
+    raise ValueError(f"a cell geometry is (stride, offset) or (stride, offset_y, offset_x), "
+                     f"got {tuple(geometry)!r}")
+
+
 def to_frame(maps: Tensor, frame: tuple[int, int], net_size: tuple[int, int],
-             geometry: tuple[float, float]) -> Tensor:
+             geometry: Sequence[float]) -> Tensor:
     """Map cell maps onto the original film's pixels.
 
     Args:
@@ -431,15 +444,14 @@ def to_frame(maps: Tensor, frame: tuple[int, int], net_size: tuple[int, int],
             a size).
         frame: (height, width) of the original film.
         net_size: (height, width) the film was resized to for the network.
-        geometry: (stride, offset) from :func:`cell_geometry`.
+        geometry: (stride, offset) from :func:`cell_geometry`, or (stride, offset_y,
+            offset_x) (:func:`on_axis`).
 
     Returns:
         Tensor[..., height, width]: bilinear in the cells, each cell at its true centre.
     """
-    stride, offset = geometry
-    args = (float(stride), float(offset))
-    ay = _axis_weights(int(frame[0]), int(net_size[0]), maps.shape[-2], *args)
-    ax = _axis_weights(int(frame[1]), int(net_size[1]), maps.shape[-1], *args)
+    ay = _axis_weights(int(frame[0]), int(net_size[0]), maps.shape[-2], *on_axis(geometry, 0))
+    ax = _axis_weights(int(frame[1]), int(net_size[1]), maps.shape[-1], *on_axis(geometry, 1))
     ay, ax = ay.to(maps.device), ax.to(maps.device)
     return torch.einsum("hs,...st,wt->...hw", ay, maps.float(), ax)
 
@@ -461,16 +473,16 @@ def normalize(maps: Tensor, names: Sequence[str] | None = None) -> Tensor:
     return out.reshape(maps.shape)
 
 
-def cell_to_pixel(u, n_frame, n_net: int, geometry: tuple[float, float]):
+def cell_to_pixel(u, n_frame, n_net: int, geometry: Sequence[float], axis: int = 0):
     """The film-pixel coordinate (continuous: pixel p spans p − ½ … p + ½) of cell
-    coordinate ``u`` along one axis — the inverse of :func:`to_frame`'s mapping. Works on
-    floats and numpy arrays (``n_frame`` may be an array too)."""
-    stride, offset = geometry
+    coordinate ``u`` along ``axis`` (0: y, 1: x) — the inverse of :func:`to_frame`'s
+    mapping. Works on floats and numpy arrays (``n_frame`` may be an array too)."""
+    stride, offset = on_axis(geometry, axis)
     return (u * stride + offset + 0.5) * n_frame / n_net - 0.5
 
 
 def cell_peaks(maps: Tensor, frames: Sequence[tuple[int, int]], net_size: tuple[int, int],
-               geometry: tuple[float, float]) -> list[tuple[int, int]]:
+               geometry: Sequence[float]) -> list[tuple[int, int]]:
     """(x, y) film pixel of each cell map's maximum (the first in raster order) for maps
     [K, S_h, S_w], map k of a film of (height, width) ``frames[k]``: the pixel whose centre
     is nearest the peak cell's centre — where :func:`to_frame` puts the interpolated map's
@@ -479,8 +491,8 @@ def cell_peaks(maps: Tensor, frames: Sequence[tuple[int, int]], net_size: tuple[
     index = maps.reshape(maps.shape[0], -1).argmax(-1).tolist()
     out = []
     for i, (fh, fw) in zip(index, frames):
-        x = round(cell_to_pixel(i % s_w, fw, net_size[1], geometry))
-        y = round(cell_to_pixel(i // s_w, fh, net_size[0], geometry))
+        x = round(cell_to_pixel(i % s_w, fw, net_size[1], geometry, axis=1))
+        y = round(cell_to_pixel(i // s_w, fh, net_size[0], geometry, axis=0))
         out.append((min(max(x, 0), fw - 1), min(max(y, 0), fh - 1)))
     return out
 

@@ -58,6 +58,9 @@ DEFAULTS: dict = {
         "sync_bn": False,
         "seed": 0,
         "device": "auto",
+        # "mirror": after training, measure the class maps' horizontal offset by mirroring
+        # the validation films, and read the maps' columns where it says (engine/calibrate.py)
+        "calibrate": "none",
     },
 }
 
@@ -134,6 +137,7 @@ _RULES = {
         isinstance(v, list) and bool(v) and all(_num(x) and x > 0 for x in v))),
     ("model", "feature_stride"): ("4, 8, 16 or 32", lambda v: v in (4, 8, 16, 32)),
     ("model", "head_channels"): ("an int >= 1", lambda v: _int(v) and v >= 1),
+    ("train", "calibrate"): ("'mirror' or 'none'", lambda v: v in ("mirror", "none")),
 }
 
 

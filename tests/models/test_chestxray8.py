@@ -38,7 +38,7 @@ def test_pooling_choices_and_learned_r():
     model = _model(learn_r=True, pool_on="classes")
     model(x).sum().backward()
     assert model.pool.log_r.shape == (5,) and model.pool.log_r.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="unknown pooling 'median'"):
+    with pytest.raises(ValueError, match="model.pooling 'median' is not known; valid: lse, max"):
         _model(pooling="median")
     with pytest.raises(ValueError, match="learn_r needs pooling 'lse'"):
         _model(pooling="max", learn_r=True)

@@ -81,6 +81,8 @@ def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu"):
     cfg = ckpt["config"]
     model = build_model(dict(cfg["model"], weights="none"), len(ckpt["classes"]))
     model.load_state_dict(ckpt["model"])
+    if "calibration" in ckpt and hasattr(model, "cam_shift_x"):  # wsloc.engine.calibrate
+        model.cam_shift_x = float(ckpt["calibration"]["shift_x"])
     model.to(device).eval()
     if cfg["train"]["channels_last"]:
         model = model.to(memory_format=torch.channels_last)

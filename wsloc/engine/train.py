@@ -252,5 +252,35 @@ def train(cfg: dict, out: str | Path | None = None, resume: str | Path | None = 
                   f"{'  (no val AUC: best.pt = last)' if no_auc else ''}"
                   f"  {record['seconds']:.0f} s", flush=True)
         d.barrier()
+    if d.main:
+        _calibrate(cfg, run_dir, val_ds, progress)
+    d.barrier()
     return run_dir
+
+
+def _calibrate(cfg: dict, run_dir: Path, val_ds, progress: bool) -> None:
+    """``train.calibrate: mirror``: measure the horizontal offset of best.pt's class maps on
+    the validation films (:func:`wsloc.engine.calibrate.mirror_shift`; no box is read) and
+    record it in best.pt and last.pt, where ``load_trained`` applies it. Deterministic, so
+    a run resumed after training redoes it to the same figure."""
+    if cfg["train"].get("calibrate", "none") != "mirror" or cfg["model"]["name"] != "chestxray8":
+        return
+    from wsloc.engine.calibrate import mirror_shift
+    from wsloc.engine.common import load_trained
+
+    if len(val_ds) == 0:
+        print("no validation images: the maps are not calibrated", flush=True)
+        return
+    model, *_ = load_trained(run_dir / "best.pt")
+    model.cam_shift_x = 0.0
+    found = mirror_shift(model, val_ds, cfg["train"]["batch_size"],
+                         cfg["train"]["channels_last"])
+    for name in ("best.pt", "last.pt"):
+        state = load_checkpoint(run_dir / name)
+        state["calibration"] = found
+        save_checkpoint(state, run_dir / name)
+    if progress:
+        print(f"mirror calibration: the class maps sit {found['shift_x']:+.2f} input px to "
+              f"the right of the evidence (median of {found['maps']} maps); their columns "
+              "are read that much to the left", flush=True)
 

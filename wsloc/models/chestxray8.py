@@ -187,6 +187,7 @@ class ChestXray8Net(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
         self.features: Tensor | None = None
         self.class_maps: Tensor | None = None
+        self.cam_shift_x = 0.0  # input pixels; set from a checkpoint's mirror calibration
 
     def train(self, mode: bool = True) -> ChestXray8Net:
         """As nn.Module.train; with ``freeze_bn`` the BatchNorm layers stay in eval mode (their
@@ -208,12 +209,18 @@ class ChestXray8Net(nn.Module):
             return self.transition(fine, self.backbone[-1](fine))
         return self.transition(self.backbone(x))
 
-    def cell_geometry(self) -> tuple[float, float]:
+    def cell_geometry(self) -> tuple[float, ...]:
         """(stride, offset): cell j of the class maps is centred on input pixel
-        stride·j + offset (see :func:`wsloc.cam.cell_geometry`)."""
+        stride·j + offset (see :func:`wsloc.cam.cell_geometry`). After a mirror calibration
+        (``cam_shift_x`` ≠ 0, :mod:`wsloc.engine.calibrate`) the maps' content sits
+        ``cam_shift_x`` input pixels right of where the layers put it, so the columns are
+        read at ``offset − cam_shift_x``: (stride, offset, offset − cam_shift_x)."""
         from wsloc.cam import cell_geometry
 
-        return cell_geometry(self.backbone[:-1] if self.feature_stride == 4 else self.backbone)
+        stride, offset = cell_geometry(self.backbone[:-1] if self.feature_stride == 4
+                                       else self.backbone)
+        shift = float(getattr(self, "cam_shift_x", 0.0))
+        return (stride, offset) if shift == 0 else (stride, offset, offset - shift)
 
     def forward_head(self, f: Tensor) -> Tensor:
         """Transition features → logits [N, C]; keeps ``features`` and ``class_maps``."""
