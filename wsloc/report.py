@@ -369,7 +369,8 @@ def benchmark_table(summary: dict) -> str:
 def benchmark_plots(summary: dict, out: str | Path) -> None:
     """``localization_vs_auc.png`` (T(IoBB = 0.5) against mean AUC per config and method,
     each seed a dot, the mean with ± std bars) and ``findings.png`` (T(IoBB = 0.5) per
-    finding, a bar group per finding, one bar per config and method, ± std)."""
+    finding, a bar group per finding, one bar per config and method, ± std, each seed a
+    dot)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -409,11 +410,15 @@ def benchmark_plots(summary: dict, out: str | Path) -> None:
         xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(findings))]
         vals = [r["findings"].get(f, {"mean": 0.0, "std": 0.0}) for f in findings]
         ax.bar(xs, [v["mean"] for v in vals], width, yerr=[v["std"] for v in vals],
-               capsize=2, color=f"C{i % 10}", label=f"{r['row']} ({r['method']})")
+               capsize=2, color=f"C{i % 10}", alpha=0.75, label=f"{r['row']} ({r['method']})")
+        for x, v in zip(xs, vals):  # each seed a dot: a lost finding shows as one low dot
+            seeds = v.get("values", [])
+            ax.scatter([x] * len(seeds), seeds, s=10, color="black", zorder=3)
     ax.set_xticks(range(len(findings)), [_short(f) for f in findings], fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("T(IoBB = 0.5) accuracy")
-    ax.set_title(f"{summary['grid']}: per finding, mean ± std over seeds", fontsize=10)
+    ax.set_title(f"{summary['grid']}: per finding, mean ± std over seeds (dots: seeds)",
+                 fontsize=10)
     ax.legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
     _save_whole(fig, out / "findings.png")
