@@ -46,3 +46,16 @@ def test_bench_rejects_missing_cuda(capsys):
         pytest.skip("CUDA is present")
     assert main(["bench", "ops", "--device", "cuda"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_bench_ops_only_runs_the_matching_rows(tmp_path, capsys):
+    argv = ["bench", "ops", "--quick", "--device", "cpu", "--out", str(tmp_path)]
+    assert main([*argv, "--only", "SORT_pool2d"]) == 0
+    out = capsys.readouterr().out
+    assert "| sort_pool2d 2x2 (weights [4]) |" in out and "lse_pool2d" not in out
+    (path,) = tmp_path.glob("ops-quick-*.json")
+    assert path.name.startswith("ops-quick-partial-")  # never the full run's file
+    ops = {r["op"] for r in json.loads(path.read_text())["results"]}
+    assert ops == {"sort_pool2d 2x2 (weights [4])", "sort_pool2d global top 16"}
+    assert main([*argv, "--only", "no-such-op"]) == 2
+    assert "--only 'no-such-op' matches no op" in capsys.readouterr().err

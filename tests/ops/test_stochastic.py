@@ -26,6 +26,37 @@ def test_eval_gradcheck():
     x = (torch.rand(1, 2, 5, 5, dtype=torch.float64) + 0.1).requires_grad_()
     assert torch.autograd.gradcheck(
         lambda x: stochastic_pool2d(x, 2, 1, training=False, backend="torch"), (x,))
+    x = (torch.rand(1, 2, 13, 17, dtype=torch.float64) + 0.1).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x: stochastic_pool2d(x, (3, 2), (2, 3), training=False, backend="torch"), (x,))
+
+
+def test_eval_all_zero_windows_pass_the_average_pooling_gradient():
+    x = torch.rand(1, 1, 4, 4)
+    x[..., :2, :2] = 0.0
+    x.requires_grad_()
+    y = stochastic_pool2d(x, 2, training=False, backend="torch")
+    assert y[0, 0, 0, 0] == 0
+    g = torch.randn_like(y)
+    y.backward(g)
+    torch.testing.assert_close(x.grad[0, 0, :2, :2], g[0, 0, 0, 0].expand(2, 2) / 4)
+
+
+@pytest.mark.parametrize("where", [(2, 5, 0, 0), (0, 63, 6, 6), (1, 0, 3, 2)])
+def test_eval_checks_every_element_within_its_pass(where):
+    # two blocks of planes (samples 0-1, then 2); (.., 6, 6) lies in no 2x2 window of 7x7
+    x = torch.rand(3, 2000, 7, 7)
+    x[where] = -0.5
+    with pytest.raises(ValueError, match=r"non-negative inputs.*-0.5"):
+        stochastic_pool2d(x, 2, training=False, backend="torch")
+
+
+def test_eval_half_precision_accumulates_in_float32():
+    x = torch.rand(2, 3, 13, 17)
+    y = stochastic_pool2d(x.half(), 3, 2, training=False, backend="torch")
+    assert y.dtype == torch.float16
+    ref = stochastic_pool2d(x.half().float(), 3, 2, training=False, backend="torch")
+    torch.testing.assert_close(y.float(), ref, atol=1e-3, rtol=1e-3)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

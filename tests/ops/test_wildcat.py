@@ -3,7 +3,9 @@ import torch
 
 from tests.conftest import KERNEL_DEVICES, TOL
 from tests.ops import oracles
-from wsloc.ops import WildcatPool2d, wildcat_pool2d
+from wsloc.ops import WildcatPool2d, kmax_pool2d, wildcat_pool2d
+
+BACKENDS = ["torch", pytest.param("triton", marks=KERNEL_DEVICES[0].marks)]
 
 CASES = [((1, 1), 1, 0, 1.0), ((7, 7), 5, 3, 0.7), ((13, 17), 0.1, 0.2, 0.5),
          ((8, 8), 64, 64, 1.0), ((5, 6), 1, 1, -0.3), ((16, 16), 0.5, 0.0, 1.0)]
@@ -21,6 +23,12 @@ def test_reference_matches_loop_oracle(spatial, kmax, kmin, alpha):
     expected = oracles.pool(x.numpy(), lambda v, c: oracles.wildcat(v, a, b, alpha))
     y = wildcat_pool2d(x, kmax, kmin, alpha, backend="torch")
     torch.testing.assert_close(y, torch.from_numpy(expected.reshape(2, 3)))
+
+
+def test_gradcheck():
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x: wildcat_pool2d(x, 4, 3, 0.6, backend="torch"), (x,))
 
 
 def test_limits_are_max_mean_and_min():
@@ -44,17 +52,41 @@ def test_triton_matches_reference(device, spatial, kmax, kmin, alpha, dtype):
     g = torch.randn_like(yr)
     yt.backward(g.to(dtype))
     yr.backward(g)
-    if dtype == torch.float32:  # low precision creates ties, which split the gradient
-        torch.testing.assert_close(xt.grad.double(), xr.grad, atol=1e-6, rtol=1e-6)
+    # low precision creates ties: both backends give them to the same (earliest) positions
+    torch.testing.assert_close(xt.grad.double(), xr.grad, atol=atol, rtol=rtol)
 
 
-@pytest.mark.parametrize("device", KERNEL_DEVICES)
-def test_triton_ties_share_the_gradient(device):
-    x = torch.zeros(1, 1, 4, 4, device=device, requires_grad=True)
-    y = wildcat_pool2d(x, 3, 2, 0.5, backend="triton")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ties_go_to_the_earliest_positions(backend):
+    x = torch.zeros(1, 1, 4, 4, requires_grad=True)
+    y = wildcat_pool2d(x, 3, 2, 0.5, backend=backend)
     y.sum().backward()
-    # every position ties: each gets (1 + 0.5) / 16 and the total is 1 + alpha
-    torch.testing.assert_close(x.grad, torch.full_like(x, 1.5 / 16))
+    # every position ties: k-max takes positions 0-2 (1/3 each), k-min 0-1 (0.5/2 each)
+    expected = torch.zeros(16)
+    expected[:3] += 1 / 3
+    expected[:2] += 0.25
+    torch.testing.assert_close(x.grad.flatten(), expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kmax,kmin,alpha", [(5, 3, 0.7), (1, 20, -0.5), (20, 20, 1.0)])
+def test_built_on_kmax_of_x_and_of_minus_x(backend, kmax, kmin, alpha):
+    # ties and NaN included: WILDCAT selects exactly what k-max pooling of x and -x selects
+    x = torch.randint(0, 3, (2, 3, 4, 5)).float()
+    x[1, 0, 2, 1] = float("nan")
+    xw, xk = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y = wildcat_pool2d(xw, kmax, kmin, alpha, backend=backend)
+    top = kmax_pool2d(xk, kmax, backend=backend).values.mean(-1)
+    bottom = -kmax_pool2d(-xk, kmin, backend=backend).values.mean(-1)
+    composed = top + alpha * bottom
+    torch.testing.assert_close(y, composed, equal_nan=True)
+    nan = torch.zeros(2, 3, dtype=torch.bool)
+    nan[1, 0] = True
+    assert torch.equal(y.isnan(), nan)
+    g = torch.randn(2, 3)
+    y.backward(g)
+    composed.backward(g)
+    torch.testing.assert_close(xw.grad, xk.grad)
 
 
 @pytest.mark.parametrize("device", KERNEL_DEVICES)

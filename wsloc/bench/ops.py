@@ -57,13 +57,71 @@ def _stochastic_eval_composed(x, k=2):
     return F.avg_pool2d(x * x, k) / F.avg_pool2d(x, k).clamp_min(1e-30)
 
 
+def _wildcat_composed(x, kmax, kmin, alpha):
+    z = x.flatten(2)
+    k1, k2 = (max(1, round(k * z.shape[-1])) for k in (kmax, kmin))
+    return (z.topk(k1, dim=-1).values.mean(-1)
+            + alpha * z.topk(k2, dim=-1, largest=False).values.mean(-1))
+
+
+def _kmax2d_composed(x, k):
+    z = x.flatten(2)
+    index = z.topk(max(1, round(k * z.shape[-1])), dim=-1).indices.sort(dim=-1).values
+    return z.gather(-1, index)
+
+
+DCNN = (2, 3, 4)  # dynamic k-max row: layer 2 of 3, k_top = 4
+
+
+def _lengths(x):
+    """Sequence lengths spread over [S/2, S] (the dynamic k-max row's padded batch)."""
+    n, s = x.shape[0], x.shape[-1]
+    return torch.linspace(s // 2, s, n, device=x.device).long()
+
+
+def _dynamic_composed(x):
+    # per-sequence k = min(max(k_top, ceil((L − l)/L · s)), s), padding never selected
+    layer, layers, k_top = DCNN
+    s = x.shape[-1]
+    lengths = _lengths(x)
+    ks = torch.clamp_min(((layers - layer) * lengths + layers - 1) // layers, k_top)
+    ks = torch.minimum(ks, lengths).view(-1, 1, 1)
+    pad = torch.arange(s, device=x.device) >= lengths.view(-1, 1, 1)
+    index = x.masked_fill(pad, float("-inf")).topk(int(ks.max()), dim=-1).indices
+    index = index.masked_fill(torch.arange(index.shape[-1], device=x.device) >= ks, s)
+    index = index.sort(dim=-1).values
+    return x.gather(-1, index.clamp_max(s - 1)).masked_fill(index == s, 0.0)
+
+
+SORT_TOP = 16  # the global sort pooling row weights the top 16 ranks
+
+
+def _sort_weights(k: int, device: torch.device) -> torch.Tensor:
+    """Learned-looking rank weights (decreasing, summing to 1), with a gradient."""
+    w = torch.linspace(1.0, 0.1, k, device=device)
+    return (w / w.sum()).requires_grad_()
+
+
+def _sort_window_composed(x, w, k=2):
+    n, c, h, wd = x.shape
+    cols = F.unfold(x, k, stride=k).view(n, c, k * k, -1)
+    y = (cols.sort(dim=2, descending=True).values * w.to(x.dtype).view(1, 1, -1, 1)).sum(2)
+    return y.view(n, c, h // k, wd // k)
+
+
+def _sort_global_composed(x, w):
+    return x.flatten(2).sort(descending=True).values[..., : w.numel()] @ w.to(x.dtype)
+
+
 def cases(device: torch.device, quick: bool) -> list[Case]:
     if device.type == "cuda":  # >= 64 MB inputs in float32
-        g_shape, w_shape = (64, 2048, 16, 16), (32, 256, 64, 64)
+        g_shape, w_shape, s_shape = (64, 2048, 16, 16), (32, 256, 64, 64), (256, 256, 256)
     elif quick:
-        g_shape, w_shape = (4, 64, 8, 8), (2, 16, 16, 16)
+        g_shape, w_shape, s_shape = (4, 64, 8, 8), (2, 16, 16, 16), (4, 16, 32)
     else:
-        g_shape, w_shape = (32, 512, 16, 16), (16, 128, 32, 32)
+        g_shape, w_shape, s_shape = (32, 512, 16, 16), (16, 128, 32, 32), (64, 256, 256)
+    dynamic = ops.DynamicKMaxPool1d(*DCNN)
+    w4, w_top = _sort_weights(4, device), _sort_weights(SORT_TOP, device)
     return [
         Case("lse_pool2d global r=10", g_shape, lambda x: ops.lse_pool2d(x, R),
              _lse_global_composed),
@@ -74,10 +132,20 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
              lambda x: _softpool_composed(x, 2)),
         Case("wildcat_pool2d kmax=kmin=0.1", g_shape,
              lambda x: ops.wildcat_pool2d(x, 0.1, 0.1, 0.7),
-             lambda x: ops.wildcat_pool2d(x, 0.1, 0.1, 0.7, backend="torch")),
+             lambda x: _wildcat_composed(x, 0.1, 0.1, 0.7)),
+        Case("kmax_pool2d k=0.1", g_shape, lambda x: ops.kmax_pool2d(x, 0.1).values,
+             lambda x: _kmax2d_composed(x, 0.1)),
+        Case("DynamicKMaxPool1d layer 2/3, k_top=4, lengths S/2..S", s_shape,
+             lambda x: dynamic(x, _lengths(x)).values, _dynamic_composed),
         Case("stochastic_pool2d 2x2 eval", w_shape,
              lambda x: ops.stochastic_pool2d(x, 2, training=False),
              _stochastic_eval_composed, positive=True),
+        Case("sort_pool2d 2x2 (weights [4])", w_shape,
+             lambda x, w=w4: ops.sort_pool2d(x, w, 2),
+             lambda x, w=w4: _sort_window_composed(x, w)),
+        Case(f"sort_pool2d global top {SORT_TOP}", g_shape,
+             lambda x, w=w_top: ops.sort_pool2d(x, w, None),
+             lambda x, w=w_top: _sort_global_composed(x, w)),
     ]
 
 
@@ -116,8 +184,12 @@ def _measure(ours: Callable, composed: Callable, x: torch.Tensor, device: torch.
 
 
 def run(device: str = "auto", quick: bool = False, dtype: str = "float32",
-        out_dir: str | Path = "benchmarks") -> dict:
-    """Run the benchmark, print its Markdown table, write JSON; return the results."""
+        out_dir: str | Path = "benchmarks", only: str | None = None) -> dict:
+    """Run the benchmark, print its Markdown table, write JSON; return the results.
+
+    ``only``: run just the rows whose op name contains this substring (case-insensitive);
+    such a partial run writes ``ops-partial-…json``, never the full results' file.
+    """
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -128,7 +200,11 @@ def run(device: str = "auto", quick: bool = False, dtype: str = "float32",
         raise ValueError(f"--dtype must be one of float32, float16, bfloat16, got {dtype!r}")
     min_time = 0.05 if quick else 0.5
     results = []
-    for case in tqdm(cases(dev, quick), desc="bench ops", unit="op"):
+    selected = [c for c in cases(dev, quick) if only is None or only.lower() in c.name.lower()]
+    if not selected:
+        names = ", ".join(repr(c.name) for c in cases(dev, quick))
+        raise ValueError(f"--only {only!r} matches no op; the ops are {names}")
+    for case in tqdm(selected, desc="bench ops", unit="op"):
         torch.manual_seed(0)
         x = torch.randn(case.shape, device=dev, dtype=dt)
         if case.positive:
@@ -155,6 +231,8 @@ def run(device: str = "auto", quick: bool = False, dtype: str = "float32",
     print(f"\n{device_name(dev)}, {dtype}; × = composed time / wsloc time (> 1: wsloc faster)\n")
     print(table)
     stem = "ops-quick" if quick else "ops"  # a quick run never replaces a full one
+    if only is not None:  # nor does a partial one
+        stem += "-partial"
     path = write_json(Path(out_dir), stem, dev,
                       {"dtype": dtype, "quick": quick, "results": results, "table": table})
     print(f"\nwrote {path}")

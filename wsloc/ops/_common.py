@@ -17,6 +17,10 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Mode ids shared by the Triton kernels and the custom ops (see _kernels.py).
 LSE, SOFT, STOCH_EVAL, STOCH_TRAIN = 0, 1, 2, 3
 
+# One Triton program holds (and sorts) a whole map in registers in the k-max kernels (k-max
+# and WILDCAT); larger maps take the torch path.
+TRITON_MAX_POSITIONS = 16384
+
 
 def check_tensor(x: object, ndim: int, layout: str, name: str = "x") -> Tensor:
     """Check that ``x`` is a floating tensor of rank ``ndim`` (``layout`` names the axes)."""
@@ -77,6 +81,25 @@ def window_geometry(
             )
     out = tuple((size + 2 * pp - kk) // ss + 1 for size, kk, ss, pp in zip(spatial, k, s, p))
     return k, s, p, out
+
+
+def resolve_k(k: int | float, positions: int, name: str, allow_zero: bool,
+              what: str = "H·W") -> int:
+    """A count (int) or a fraction of ``positions`` (float in (0, 1]) → a count.
+
+    A fraction is rounded to the nearest count and is at least 1 (0.0 gives 0 where
+    ``allow_zero``). ``what`` names ``positions`` in the error message.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, float)):
+        raise TypeError(f"`{name}` must be an int count or a float fraction, got {k!r}")
+    if isinstance(k, float):
+        if not 0.0 <= k <= 1.0 or (k == 0.0 and not allow_zero):
+            raise ValueError(f"`{name}` as a fraction must lie in (0, 1], got {k}")
+        return 0 if k == 0.0 else max(1, round(k * positions))
+    low = 0 if allow_zero else 1
+    if not low <= k <= positions:
+        raise ValueError(f"`{name}` must be in [{low}, {what} = {positions}], got {k}")
+    return k
 
 
 def check_r(r: float | Tensor, channels: int, device: torch.device | None = None
@@ -151,9 +174,12 @@ FILL_OUTPUTS_WITH_NAN = False
 
 def new_output(shape: Sequence[int] | int, like: Tensor,
                dtype: torch.dtype | None = None) -> Tensor:
-    """An uninitialised contiguous tensor on ``like``'s device (NaN-filled under tests)."""
+    """An uninitialised contiguous tensor on ``like``'s device (NaN-filled under tests;
+    integer tensors are filled with their dtype's minimum then)."""
     out = torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
-    return out.fill_(float("nan")) if FILL_OUTPUTS_WITH_NAN and out.numel() else out
+    if not (FILL_OUTPUTS_WITH_NAN and out.numel()):
+        return out
+    return out.fill_(float("nan") if out.is_floating_point() else torch.iinfo(out.dtype).min)
 
 
 def empty_like_layout(x: Tensor, shape: Sequence[int], dtype: torch.dtype | None = None) -> Tensor:

@@ -119,7 +119,48 @@ def _r_grad(dr: Tensor, r: Tensor) -> Tensor:
     return (per_channel if r.numel() > 1 else per_channel.sum().reshape(r.shape)).to(r.dtype)
 
 
-# ----------------------------------------------------------------------------- WILDCAT
+# ------------------------------------------------------------------------- k-max, WILDCAT
+# Both run on the one k-max kernel family (see _kernels.py); stats: [N, C, 4] int32.
+
+
+@torch.library.custom_op("wsloc::kmax_pool", mutates_args=())
+def kmax_pool(x: Tensor, lengths: Tensor | None, ks: Tensor | None,
+              k: int) -> tuple[Tensor, Tensor, Tensor]:
+    from wsloc.ops import _kernels
+
+    return _kernels.kmax_forward(x, lengths, ks, k)
+
+
+@kmax_pool.register_fake
+def _(x, lengths, ks, k):
+    n, c = x.shape[:2]
+    return (x.new_empty((n, c, k)), x.new_empty((n, c, k), dtype=torch.int64),
+            x.new_empty((n, c, 4), dtype=torch.int32))
+
+
+@torch.library.custom_op("wsloc::kmax_pool_backward", mutates_args=())
+def kmax_pool_backward(g: Tensor, x: Tensor, lengths: Tensor | None, stats: Tensor) -> Tensor:
+    from wsloc.ops import _kernels
+
+    return _kernels.kmax_backward(g, x, lengths, stats)
+
+
+@kmax_pool_backward.register_fake
+def _(g, x, lengths, stats):
+    return empty_like_layout(x, x.shape)
+
+
+def _kmax_setup(ctx, inputs, output):
+    x, lengths, _ks, _k = inputs
+    ctx.save_for_backward(x, lengths, output[2])
+
+
+def _kmax_grad(ctx, gv, _gi, _gs):
+    x, lengths, stats = ctx.saved_tensors
+    return kmax_pool_backward(gv, x, lengths, stats), None, None, None
+
+
+kmax_pool.register_autograd(_kmax_grad, setup_context=_kmax_setup)
 
 
 @torch.library.custom_op("wsloc::wildcat_pool", mutates_args=())
@@ -132,7 +173,7 @@ def wildcat_pool(x: Tensor, kmax: int, kmin: int, alpha: float) -> tuple[Tensor,
 @wildcat_pool.register_fake
 def _(x, kmax, kmin, alpha):
     n, c = x.shape[:2]
-    return x.new_empty((n, c)), x.new_empty((n, c, 6), dtype=torch.float32)
+    return x.new_empty((n, c)), x.new_empty((n, c, 4), dtype=torch.int32)
 
 
 @torch.library.custom_op("wsloc::wildcat_pool_backward", mutates_args=())
@@ -146,7 +187,7 @@ def wildcat_pool_backward(
 
 @wildcat_pool_backward.register_fake
 def _(g, x, stats, kmax, kmin, alpha):
-    return torch.empty_like(x)
+    return empty_like_layout(x, x.shape)
 
 
 def _wildcat_setup(ctx, inputs, output):
@@ -161,3 +202,102 @@ def _wildcat_grad(ctx, gy, _gstats):
 
 
 wildcat_pool.register_autograd(_wildcat_grad, setup_context=_wildcat_setup)
+
+# ------------------------------------------------------------------------ sort pooling
+
+
+@torch.library.custom_op("wsloc::sort_window_pool", mutates_args=())
+def sort_window_pool(
+    x: Tensor, w: Tensor, kernel: list[int], stride: list[int], out_size: list[int]
+) -> Tensor:
+    from wsloc.ops import _kernels
+
+    return _kernels.sort_window_forward(x, w, kernel, stride, out_size)
+
+
+@sort_window_pool.register_fake
+def _(x, w, kernel, stride, out_size):
+    return empty_like_layout(x, (*x.shape[:2], *out_size))
+
+
+@torch.library.custom_op("wsloc::sort_window_pool_backward", mutates_args=())
+def sort_window_pool_backward(
+    g: Tensor, x: Tensor, w: Tensor, kernel: list[int], stride: list[int], need_dx: bool,
+    need_dw: bool,
+) -> tuple[Tensor, Tensor]:
+    from wsloc.ops import _kernels
+
+    return _kernels.sort_window_backward(g, x, w, kernel, stride, need_dx, need_dw)
+
+
+@sort_window_pool_backward.register_fake
+def _(g, x, w, kernel, stride, need_dx, need_dw):
+    dx = empty_like_layout(x, x.shape) if need_dx else x.new_empty(0)
+    return dx, w.new_empty(w.shape if need_dw else (0,))
+
+
+def _sort_window_setup(ctx, inputs, output):
+    x, w, kernel, stride, _out = inputs
+    ctx.save_for_backward(x, w)
+    ctx.geometry = (kernel, stride)
+
+
+def _sort_window_grad(ctx, gy):
+    x, w = ctx.saved_tensors
+    need_dx, need_dw = ctx.needs_input_grad[:2]
+    dx, dw = sort_window_pool_backward(gy, x, w, *ctx.geometry, need_dx, need_dw)
+    return dx if need_dx else None, dw if need_dw else None, None, None, None
+
+
+sort_window_pool.register_autograd(_sort_window_grad, setup_context=_sort_window_setup)
+
+
+@torch.library.custom_op("wsloc::sort_global_pool", mutates_args=())
+def sort_global_pool(x: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    from wsloc.ops import _kernels
+
+    return _kernels.sort_global_forward(x, w)
+
+
+@sort_global_pool.register_fake
+def _(x, w):
+    n, c = x.shape[:2]
+    k = w.shape[1]
+    return (x.new_empty((n, c)), x.new_empty((n, c, k), dtype=torch.int32),
+            x.new_empty((n, c, k), dtype=torch.float32))
+
+
+@torch.library.custom_op("wsloc::sort_global_pool_backward", mutates_args=())
+def sort_global_pool_backward(
+    g: Tensor, pos: Tensor, vals: Tensor, w: Tensor, shape: list[int], channels_last: bool,
+    need_dx: bool, need_dw: bool,
+) -> tuple[Tensor, Tensor]:
+    from wsloc.ops import _kernels
+
+    return _kernels.sort_global_backward(g, pos, vals, w, shape, channels_last, need_dx,
+                                         need_dw)
+
+
+@sort_global_pool_backward.register_fake
+def _(g, pos, vals, w, shape, channels_last, need_dx, need_dw):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    dx = (torch.empty(shape, dtype=g.dtype, device=g.device, memory_format=fmt) if need_dx
+          else g.new_empty(0))
+    return dx, w.new_empty(w.shape if need_dw else (0,))
+
+
+def _sort_global_setup(ctx, inputs, output):
+    x, w = inputs
+    _y, pos, vals = output
+    ctx.save_for_backward(pos, vals, w)  # not x: the top ranks' positions and values suffice
+    ctx.layout = (list(x.shape), x.shape[1] > 1 and x.stride(1) == 1)
+
+
+def _sort_global_grad(ctx, gy, _gpos, _gvals):
+    pos, vals, w = ctx.saved_tensors
+    need_dx, need_dw = ctx.needs_input_grad[:2]
+    dx, dw = sort_global_pool_backward(gy, pos, vals, w, *ctx.layout, need_dx, need_dw)
+    return dx if need_dx else None, dw if need_dw else None
+
+
+sort_global_pool.register_autograd(_sort_global_grad, setup_context=_sort_global_setup)

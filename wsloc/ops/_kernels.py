@@ -13,6 +13,15 @@ Two kernel families serve LSE, SoftPool and stochastic pooling (``MODE``):
 - global: one program per (sample, block of channels) streams the flattened map with an online
   max-rescaled sum, so the input is read once; the backward is elementwise.
 
+A third family, k-max (one program per map, held in registers as int32 keys that order
+floats as torch.sort does), serves kmax_pool1d/2d and WILDCAT: the forward finds the k-th
+largest key by radix selection (32 counting passes, no sort), selects the keys above it plus
+the earliest ties at it, and either compacts the selection in spatial order (k-max) or
+reduces it (WILDCAT: the mean of the k-max selection of x plus alpha times that of -x, both
+from the one load of the map). It saves four int32 per map (the k-th key and the last tie
+position taken, for x and for -x); the backward finds the selection again from them
+elementwise, streaming the map block by block.
+
 Saved for backward: the output and, per mode, one float32 value per output (SoftPool: log of
 its normaliser; stochastic eval: the window sum; stochastic training: the sampled index) —
 never an exp() of the whole input.
@@ -332,68 +341,137 @@ def _global_bwd_kernel(
 
 
 @triton.jit
-def _wildcat_fwd_kernel(
-    x_ptr, y_ptr, stats_ptr, C, L, sxn, sxc, sxl, kmax, kmin, alpha,
-    HAS_MIN: tl.constexpr, BLOCK: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    n = row // C
-    c = row % C
-    ls = tl.arange(0, BLOCK)
-    msk = ls < L
-    v = tl.load(x_ptr + n * sxn + c * sxc + ls.to(tl.int64) * sxl, mask=msk,
-                other=float("-inf")).to(tl.float32)
-    srt = tl.sort(v, descending=True)  # padding (-inf) sorts to the end
-    top = tl.sum(tl.where(ls < kmax, srt, 0.0), axis=0) / kmax
-    t_top = tl.sum(tl.where(ls == kmax - 1, srt, 0.0), axis=0)
-    n_gt = tl.sum((msk & (v > t_top)).to(tl.float32), axis=0)
-    n_eq = tl.sum((msk & (v == t_top)).to(tl.float32), axis=0)
-    y = top
-    t_bot = 0.0
-    n_lt = 0.0
-    n_eqb = 1.0
-    if HAS_MIN:
-        bot = tl.sum(tl.where((ls >= L - kmin) & msk, srt, 0.0), axis=0) / kmin
-        t_bot = tl.sum(tl.where(ls == L - kmin, srt, 0.0), axis=0)
-        n_lt = tl.sum((msk & (v < t_bot)).to(tl.float32), axis=0)
-        n_eqb = tl.sum((msk & (v == t_bot)).to(tl.float32), axis=0)
-        y = y + alpha * bot
-    n_nan = tl.sum((msk & (v != v)).to(tl.float32), axis=0)
-    y = tl.where(n_nan > 0, float("nan"), y)
-    tl.store(y_ptr + row, y.to(y_ptr.dtype.element_ty))
-    tl.store(stats_ptr + row * 6 + 0, t_top)
-    tl.store(stats_ptr + row * 6 + 1, n_gt)
-    tl.store(stats_ptr + row * 6 + 2, n_eq)
-    tl.store(stats_ptr + row * 6 + 3, t_bot)
-    tl.store(stats_ptr + row * 6 + 4, n_lt)
-    tl.store(stats_ptr + row * 6 + 5, n_eqb)
+def _order_key(v, valid):
+    """int32 keys that order float32 values as torch.sort does (NaN above +inf, -0.0 equal
+    to 0.0): the float's bits, with the magnitude bits flipped for negatives. Positions that
+    are not ``valid`` get a key below every value's, so they are never selected."""
+    v = tl.where(v == 0.0, 0.0, v)
+    bits = v.to(tl.int32, bitcast=True)
+    key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    key = tl.where(v != v, 0x7FFFFFFF, key)
+    return tl.where(valid, key, -0x7FFFFFFF)
 
 
 @triton.jit
-def _wildcat_bwd_kernel(
-    g_ptr, x_ptr, stats_ptr, dx_ptr, C, L, sxn, sxc, sxl, sgn, sgc, kmax, kmin, alpha,
-    HAS_MIN: tl.constexpr, BLOCK: tl.constexpr,
+def _negated_key(key, v, valid):
+    """The keys of -v from those of v (-1 - key reverses the order; NaN stays largest)."""
+    return tl.where(valid, tl.where(v != v, 0x7FFFFFFF, -1 - key), -0x7FFFFFFF)
+
+
+@triton.jit
+def _kth_largest(key, k):
+    """The k-th largest of an int32 block by radix selection: bit by bit from the top, one
+    counting pass per bit (32 in all), no sort. Keeps count(key >= kth) >= k throughout."""
+    kth = tl.where(tl.sum((key >= 0).to(tl.int32), axis=0) >= k, 0, -2147483648)
+    for i in tl.static_range(31):
+        cand = kth | (1 << (30 - i))
+        kth = tl.where(tl.sum((key >= cand).to(tl.int32), axis=0) >= k, cand, kth)
+    return kth
+
+
+@triton.jit
+def _take(key, ls, kth, k):
+    """The k largest keys of a map: those above the k-th largest key ``kth`` and, of those
+    equal to it, the earliest positions. Returns (mask, position of the last tie taken)."""
+    gt = key > kth
+    eq = key == kth
+    need = k - tl.sum(gt.to(tl.int32), axis=0)
+    tie = eq & (tl.cumsum(eq.to(tl.int32), axis=0) <= need)
+    return gt | tie, tl.max(tl.where(tie, ls, -1), axis=0)
+
+
+@triton.jit
+def _kmax_fwd_kernel(
+    x_ptr, len_ptr, k_ptr, val_ptr, idx_ptr, y_ptr, stats_ptr,
+    C, L, sxn, sxc, sxl, k, kmin, alpha, K_OUT,
+    WILDCAT: tl.constexpr, HAS_MIN: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    ROW_K: tl.constexpr, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     n = row // C
     c = row % C
     ls = tl.arange(0, BLOCK)
-    msk = ls < L
-    off = n * sxn + c * sxc + ls.to(tl.int64) * sxl
-    v = tl.load(x_ptr + off, mask=msk, other=0.0).to(tl.float32)
-    g = tl.load(g_ptr + n * sgn + c * sgc).to(tl.float32)
-    t_top = tl.load(stats_ptr + row * 6 + 0)
-    n_gt = tl.load(stats_ptr + row * 6 + 1)
-    n_eq = tl.load(stats_ptr + row * 6 + 2)
-    # ties at the k-th value share the remaining weight equally (a symmetric subgradient)
-    w = tl.where(v > t_top, 1.0, tl.where(v == t_top, (kmax - n_gt) / n_eq, 0.0)) / kmax
-    if HAS_MIN:
-        t_bot = tl.load(stats_ptr + row * 6 + 3)
-        n_lt = tl.load(stats_ptr + row * 6 + 4)
-        n_eqb = tl.load(stats_ptr + row * 6 + 5)
-        wb = tl.where(v < t_bot, 1.0, tl.where(v == t_bot, (kmin - n_lt) / n_eqb, 0.0)) / kmin
-        w = w + alpha * wb
-    tl.store(dx_ptr + off, (g * w).to(dx_ptr.dtype.element_ty), mask=msk)
+    n_valid = L
+    if HAS_LENGTHS:
+        n_valid = tl.load(len_ptr + n).to(tl.int32)
+    if ROW_K:
+        k = tl.load(k_ptr + n).to(tl.int32)
+    valid = ls < n_valid
+    v = tl.load(x_ptr + n * sxn + c * sxc + ls.to(tl.int64) * sxl, mask=ls < L,
+                other=0.0).to(tl.float32)
+    key = _order_key(v, valid)
+    kth = _kth_largest(key, k)
+    take, last = _take(key, ls, kth, k)
+    tl.store(stats_ptr + row * 4 + 0, kth)
+    tl.store(stats_ptr + row * 4 + 1, last)
+    if WILDCAT:  # y = mean of the k largest + alpha · mean of the kmin smallest
+        y = tl.sum(tl.where(take, v, 0.0), axis=0) / k
+        if HAS_MIN:  # the kmin largest of -x, from the same loaded map
+            key_b = _negated_key(key, v, valid)
+            kth_b = _kth_largest(key_b, kmin)
+            take_b, last_b = _take(key_b, ls, kth_b, kmin)
+            y += alpha * tl.sum(tl.where(take_b, v, 0.0), axis=0) / kmin
+            tl.store(stats_ptr + row * 4 + 2, kth_b)
+            tl.store(stats_ptr + row * 4 + 3, last_b)
+        else:
+            tl.store(stats_ptr + row * 4 + 2, kth)
+            tl.store(stats_ptr + row * 4 + 3, last)
+        tl.store(y_ptr + row, y.to(y_ptr.dtype.element_ty))
+    else:  # the selected values and positions, compacted in spatial order
+        slot = row * K_OUT + tl.cumsum(take.to(tl.int32), axis=0) - 1
+        tl.store(val_ptr + slot, v.to(val_ptr.dtype.element_ty), mask=take)
+        tl.store(idx_ptr + slot, ls.to(tl.int64), mask=take)
+        if ROW_K:  # slots past this map's k are padding: value 0, index -1
+            for j0 in range(0, K_OUT, BLOCK_K):
+                js = j0 + tl.arange(0, BLOCK_K)
+                pad = (js >= k) & (js < K_OUT)
+                tl.store(val_ptr + row * K_OUT + js,
+                         tl.zeros([BLOCK_K], tl.float32).to(val_ptr.dtype.element_ty), mask=pad)
+                tl.store(idx_ptr + row * K_OUT + js, tl.full([BLOCK_K], -1, tl.int64), mask=pad)
+
+
+@triton.jit
+def _kmax_bwd_kernel(
+    g_ptr, x_ptr, len_ptr, stats_ptr, dx_ptr,
+    C, L, sxn, sxc, sxl, sdn, sdc, sdl, sgn, sgc, sgk, k, kmin, alpha,
+    WILDCAT: tl.constexpr, HAS_MIN: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    n = row // C
+    c = row % C
+    n_valid = L
+    if HAS_LENGTHS:
+        n_valid = tl.load(len_ptr + n).to(tl.int32)
+    kth = tl.load(stats_ptr + row * 4 + 0)
+    last = tl.load(stats_ptr + row * 4 + 1)
+    kth_b = tl.load(stats_ptr + row * 4 + 2)
+    last_b = tl.load(stats_ptr + row * 4 + 3)
+    g_row = g_ptr + n * sgn + c * sgc
+    if WILDCAT:
+        g = tl.load(g_row).to(tl.float32)
+    base = tl.zeros([], tl.int32)  # selected positions before this block
+    for l0 in range(0, L, BLOCK_L):
+        ls = l0 + tl.arange(0, BLOCK_L)
+        inb = ls < L
+        valid = ls < n_valid
+        v = tl.load(x_ptr + n * sxn + c * sxc + ls.to(tl.int64) * sxl, mask=inb,
+                    other=0.0).to(tl.float32)
+        key = _order_key(v, valid)
+        take = (key > kth) | ((key == kth) & (ls <= last))  # the forward's selection
+        if WILDCAT:
+            w = take.to(tl.float32) / k
+            if HAS_MIN:
+                key_b = _negated_key(key, v, valid)
+                take_b = (key_b > kth_b) | ((key_b == kth_b) & (ls <= last_b))
+                w += alpha * take_b.to(tl.float32) / kmin
+            dx = g * w
+        else:  # the gradient of output slot j goes to the j-th selected position
+            slot = base + tl.cumsum(take.to(tl.int32), axis=0) - 1
+            dx = tl.load(g_row + slot.to(tl.int64) * sgk, mask=take, other=0.0).to(tl.float32)
+            base += tl.sum(take.to(tl.int32), axis=0)
+        tl.store(dx_ptr + n * sdn + c * sdc + ls.to(tl.int64) * sdl,
+                 dx.to(dx_ptr.dtype.element_ty), mask=inb)
 
 
 # --------------------------------------------------------------------------- launchers
@@ -500,27 +578,348 @@ def global_backward(g: Tensor, x: Tensor, y: Tensor, aux: Tensor, r: Tensor, mod
     return dx, (dr.sum((0, 2)) if need_dr else dr)
 
 
+def _kmax_warps(block: int) -> int:
+    return max(4, min(16, block // 512))
+
+
+def _dummy(t: Tensor | None, like: Tensor) -> Tensor:
+    return like if t is None else t
+
+
+def kmax_forward(x: Tensor, lengths: Tensor | None, ks: Tensor | None,
+                 k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """k-max of each map of ``x`` [N, C, *spatial] (spatial dims flattenable, L positions):
+    ``(values [N, C, k], indices [N, C, k] int64, stats [N, C, 4] int32)``.
+
+    Each map keeps its ``k`` (or ``ks[n]``) largest values in spatial order, padded with
+    (0, -1) up to ``k`` slots; positions ``>= lengths[n]`` are never selected. ``stats``
+    holds what the backward needs to find the selection again: the k-th largest key and the
+    last tie position taken.
+    """
+    n, c = x.shape[:2]
+    L = x[0, 0].numel()
+    values = new_output((n, c, k), x)
+    indices = new_output((n, c, k), x, torch.int64)
+    stats = new_output((n, c, 4), x, torch.int32)
+    block = triton.next_power_of_2(L)
+    _kmax_fwd_kernel[(n * c,)](
+        x, _dummy(lengths, stats), _dummy(ks, stats), values, indices, values, stats,
+        c, L, x.stride(0), x.stride(1), flat_spatial_stride(x), k, 1, 0.0, k,
+        WILDCAT=False, HAS_MIN=False, HAS_LENGTHS=lengths is not None, ROW_K=ks is not None,
+        BLOCK=block, BLOCK_K=min(triton.next_power_of_2(k), 1024), num_warps=_kmax_warps(block),
+    )
+    return values, indices, stats
+
+
+def _kmax_grad_launch(g: Tensor, x: Tensor, lengths: Tensor | None, stats: Tensor, k: int,
+                      kmin: int, alpha: float, wildcat: bool) -> Tensor:
+    n, c = x.shape[:2]
+    L = x[0, 0].numel()
+    dx = empty_like_layout(x, x.shape)
+    _kmax_bwd_kernel[(n * c,)](
+        g, x, _dummy(lengths, stats), stats, dx,
+        c, L, x.stride(0), x.stride(1), flat_spatial_stride(x),
+        dx.stride(0), dx.stride(1), flat_spatial_stride(dx), g.stride(0), g.stride(1),
+        g.stride(2) if g.dim() == 3 else 0, k, max(kmin, 1), alpha,
+        WILDCAT=wildcat, HAS_MIN=kmin > 0, HAS_LENGTHS=lengths is not None,
+        BLOCK_L=min(triton.next_power_of_2(L), 1024),
+    )
+    return dx
+
+
+def kmax_backward(g: Tensor, x: Tensor, lengths: Tensor | None, stats: Tensor) -> Tensor:
+    """Gradient of :func:`kmax_forward`: output slot j's gradient goes to the map's j-th
+    selected position, 0 elsewhere (laid out as ``x``)."""
+    return _kmax_grad_launch(g, x, lengths, stats, 1, 0, 0.0, wildcat=False)
+
+
 def wildcat_forward(x: Tensor, kmax: int, kmin: int, alpha: float) -> tuple[Tensor, Tensor]:
-    """WILDCAT pooling of ``x`` [N, C, H, W]: ``(y [N, C], stats [N, C, 6])``."""
+    """WILDCAT pooling of ``x`` [N, C, H, W] on the k-max kernel: ``(y [N, C], stats
+    [N, C, 4] int32)``, the k-max selection of x and that of -x for the k-min term."""
     n, c = x.shape[:2]
     L = x[0, 0].numel()
     y = new_output((n, c), x)
-    stats = new_output((n, c, 6), x, torch.float32)
-    _wildcat_fwd_kernel[(n * c,)](
-        x, y, stats, c, L, x.stride(0), x.stride(1), flat_spatial_stride(x),
-        kmax, max(kmin, 1), alpha, HAS_MIN=kmin > 0, BLOCK=triton.next_power_of_2(L),
+    stats = new_output((n, c, 4), x, torch.int32)
+    block = triton.next_power_of_2(L)
+    _kmax_fwd_kernel[(n * c,)](
+        x, stats, stats, y, stats, y, stats,
+        c, L, x.stride(0), x.stride(1), flat_spatial_stride(x), kmax, max(kmin, 1), alpha, 1,
+        WILDCAT=True, HAS_MIN=kmin > 0, HAS_LENGTHS=False, ROW_K=False,
+        BLOCK=block, BLOCK_K=1, num_warps=_kmax_warps(block),
     )
     return y, stats
 
 
 def wildcat_backward(g: Tensor, x: Tensor, stats: Tensor, kmax: int, kmin: int,
                      alpha: float) -> Tensor:
+    """Gradient of :func:`wildcat_forward`: g/kmax at the k-max selection plus
+    alpha·g/kmin at the k-min one."""
+    return _kmax_grad_launch(g, x, None, stats, kmax, kmin, alpha, wildcat=True)
+
+
+# ------------------------------------------------------------------------ sort pooling
+#
+# Sort pooling (wsloc.ops.sort): y = Σ_j w_j · sorted_desc(window)_j, ties in the order of a
+# stable descending sort (equal values by position in the window, NaN first).
+#
+# - windowed: one program per block of output windows holds each window as a row of a
+#   [BLOCK, KP] tile and ranks every slot by counting the slots that go before it (exact tie
+#   rule, no sort). The backward gathers, for each input element, g · w[rank] over the
+#   windows that hold it (its rank recounted in each: K compares), so it needs no atomics;
+#   the weights' gradient is written per window and rank, and summed by torch. Saved for
+#   backward: the input and the weights.
+# - global: one program per map packs (order-preserving value bits, position) into int64
+#   keys, so that tl.sort's bitonic network (not stable by itself) yields the stable order;
+#   it saves the top-k positions (int32) and values (float32), all the backward needs.
+
+_SORT_TILE = 2048
+
+
+@triton.jit
+def _sort_before(a, b, a_first):
+    """Whether value ``a`` goes before ``b`` in the stable descending order: larger (NaN
+    above everything), or equal (NaN equal to NaN) and ``a_first``."""
+    a_nan = a != a
+    b_nan = b != b
+    greater = (a > b) | (a_nan & (b == b))
+    same = (a == b) | (a_nan & b_nan)
+    return greater | (same & a_first)
+
+
+@triton.jit
+def _sort_window_kernel(
+    x_ptr, w_ptr, g_ptr, y_ptr, dw_ptr,
+    total, C, OH, OW, RANKS,
+    sxn, sxc, sxh, sxw, syn, syc, syh, syw, SH, SW, swc,
+    KH: tl.constexpr, KW: tl.constexpr, KP: tl.constexpr, W_PER_CHANNEL: tl.constexpr,
+    C_LAST: tl.constexpr, DW: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Forward (``y``), or with DW the weights' gradient terms ``g · sorted_j`` per window
+    and rank (``dw`` [total, RANKS]; ``y``'s strides are then ``g``'s)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    n, c, _d, oh, ow = _unravel(offs, C, 1, OH, OW, C_LAST)
+    ks = tl.arange(0, KP)
+    m2 = mask[:, None] & (ks < KH * KW)[None, :]
+    base = n * sxn + c * sxc + oh * SH * sxh + ow * SW * sxw
+    slot = (ks // KW) * sxh + (ks % KW) * sxw
+    v = tl.load(x_ptr + base[:, None] + slot[None, :], mask=m2, other=0.0).to(tl.float32)
+    rank = tl.zeros([BLOCK, KP], dtype=tl.int32)
+    for j in range(KH * KW):
+        vj = tl.load(x_ptr + base + (j // KW) * sxh + (j % KW) * sxw, mask=mask,
+                     other=0.0).to(tl.float32)
+        rank += _sort_before(vj[:, None], v, j < ks[None, :]).to(tl.int32)
+    sel = m2 & (rank < RANKS)
+    y_off = n * syn + c * syc + oh * syh + ow * syw
+    if DW:
+        gv = tl.load(g_ptr + y_off, mask=mask, other=0.0).to(tl.float32)
+        tl.store(dw_ptr + offs[:, None] * RANKS + rank, gv[:, None] * v, mask=sel)
+    else:
+        if W_PER_CHANNEL:
+            wv = tl.load(w_ptr + c[:, None] * swc + rank, mask=sel, other=0.0)
+        else:
+            wv = tl.load(w_ptr + rank, mask=sel, other=0.0)
+        y = tl.sum(tl.where(sel, wv * v, 0.0), axis=1)
+        tl.store(y_ptr + y_off, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _sort_window_dx_kernel(
+    g_ptr, x_ptr, w_ptr, dx_ptr,
+    total, C, H, W, OH, OW, RANKS,
+    sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw, sdn, sdc, sdh, sdw, SH, SW, swc,
+    KH: tl.constexpr, KW: tl.constexpr, KP: tl.constexpr, NH: tl.constexpr, NW: tl.constexpr,
+    W_PER_CHANNEL: tl.constexpr, C_LAST: tl.constexpr, BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    n, c, _d, ih, iw = _unravel(offs, C, 1, H, W, C_LAST)
+    x_base = n * sxn + c * sxc
+    xi = tl.load(x_ptr + x_base + ih * sxh + iw * sxw, mask=mask, other=0.0).to(tl.float32)
+    ks = tl.arange(0, KP)
+    kvalid = ks < KH * KW
+    slot = (ks // KW) * sxh + (ks % KW) * sxw
+    acc = tl.zeros([BLOCK], tl.float32)
+    # the last window starting at or before the element, then walking back
+    oh_hi = ih // SH
+    ow_hi = iw // SW
+    for jh in range(NH):
+        for jw in range(NW):
+            oh = oh_hi - jh
+            ow = ow_hi - jw
+            h0 = oh * SH
+            w0 = ow * SW
+            ok = mask & (oh >= 0) & (oh < OH) & (ih - h0 < KH)
+            ok = ok & (ow >= 0) & (ow < OW) & (iw - w0 < KW)
+            here = (ih - h0) * KW + (iw - w0)  # the element's slot in this window
+            m2 = ok[:, None] & kvalid[None, :]
+            v = tl.load(x_ptr + (x_base + h0 * sxh + w0 * sxw)[:, None] + slot[None, :],
+                        mask=m2, other=0.0).to(tl.float32)
+            before = _sort_before(v, xi[:, None], ks[None, :] < here[:, None])
+            rank = tl.sum((m2 & before).to(tl.int32), axis=1)
+            sel = ok & (rank < RANKS)
+            if W_PER_CHANNEL:
+                wv = tl.load(w_ptr + c * swc + rank, mask=sel, other=0.0)
+            else:
+                wv = tl.load(w_ptr + rank, mask=sel, other=0.0)
+            gv = tl.load(g_ptr + n * sgn + c * sgc + oh * sgh + ow * sgw, mask=sel,
+                         other=0.0).to(tl.float32)
+            acc += tl.where(sel, gv * wv, 0.0)
+    tl.store(dx_ptr + n * sdn + c * sdc + ih * sdh + iw * sdw,
+             acc.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _sort_global_fwd_kernel(
+    x_ptr, w_ptr, y_ptr, pos_ptr, val_ptr, C, L, RANKS, sxn, sxc, sxl, swc,
+    W_PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    n = row // C
+    c = row % C
+    ls = tl.arange(0, BLOCK)
+    msk = ls < L
+    v = tl.load(x_ptr + n * sxn + c * sxc + ls.to(tl.int64) * sxl, mask=msk,
+                other=0.0).to(tl.float32)
+    v = tl.where(v == 0.0, 0.0, v)  # -0.0 ties with 0.0, as in torch.sort
+    bits = v.to(tl.int32, bitcast=True)
+    key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # ordered as the floats are
+    key = tl.where(v != v, 0x7FFFFFFF, key)  # every NaN above +inf, equal to each other
+    key = tl.where(msk, key, -2147483648)  # padding below -inf
+    # ties: the earlier position has the larger low word, so it comes first
+    packed = (key.to(tl.int64) << 32) | (BLOCK - 1 - ls).to(tl.int64)
+    top = tl.sort(packed, descending=True)  # (tl.topk would need Triton >= 3.4)
+    hi64 = top >> 32  # arithmetic: the key back
+    pos = BLOCK - 1 - (top - (hi64 << 32)).to(tl.int32)
+    hi = hi64.to(tl.int32)
+    vals = tl.where(hi < 0, hi ^ 0x7FFFFFFF, hi).to(tl.float32, bitcast=True)
+    sel = ls < RANKS  # ls is now the rank
+    if W_PER_CHANNEL:
+        w = tl.load(w_ptr + c * swc + ls, mask=sel, other=0.0)
+    else:
+        w = tl.load(w_ptr + ls, mask=sel, other=0.0)
+    y = tl.sum(tl.where(sel, w * vals, 0.0), axis=0)
+    tl.store(y_ptr + row, y.to(y_ptr.dtype.element_ty))
+    tl.store(pos_ptr + row * RANKS + ls, pos, mask=sel)
+    tl.store(val_ptr + row * RANKS + ls, vals, mask=sel)
+
+
+@triton.jit
+def _sort_global_bwd_kernel(
+    g_ptr, pos_ptr, w_ptr, dx_ptr, C, RANKS, sgn, sgc, sdn, sdc, sdl, swc,
+    W_PER_CHANNEL: tl.constexpr, KP: tl.constexpr,
+):
+    """dx[pos_j] = g · w_j for the top ranks (dx is zero elsewhere: filled before)."""
+    row = tl.program_id(0).to(tl.int64)
+    n = row // C
+    c = row % C
+    js = tl.arange(0, KP)
+    sel = js < RANKS
+    p = tl.load(pos_ptr + row * RANKS + js, mask=sel, other=0).to(tl.int64)
+    if W_PER_CHANNEL:
+        w = tl.load(w_ptr + c * swc + js, mask=sel, other=0.0)
+    else:
+        w = tl.load(w_ptr + js, mask=sel, other=0.0)
+    g = tl.load(g_ptr + n * sgn + c * sgc).to(tl.float32)
+    tl.store(dx_ptr + n * sdn + c * sdc + p * sdl, (g * w).to(dx_ptr.dtype.element_ty),
+             mask=sel)
+
+
+def _sort_block(kp: int) -> int:
+    return max(1, min(256, _SORT_TILE // kp))
+
+
+def sort_window_forward(x: Tensor, w: Tensor, k, s, out) -> Tensor:
+    """Sort pooling of the windows of ``x`` [N, C, H, W] (any strides) with weights ``w``
+    [1 or C, k] float32: ``y`` [N, C, OH, OW], laid out as ``x``."""
+    n, c = x.shape[:2]
+    y = empty_like_layout(x, (n, c, *out))
+    kp = triton.next_power_of_2(k[0] * k[1])
+    block = _sort_block(kp)
+    _sort_window_kernel[(triton.cdiv(y.numel(), block),)](
+        x, w, y, y, y, y.numel(), c, out[0], out[1], w.shape[1],
+        *x.stride(), *y.stride(), *s, w.stride(0),
+        KH=k[0], KW=k[1], KP=kp, W_PER_CHANNEL=w.shape[0] > 1, C_LAST=_c_last(x),
+        DW=False, BLOCK=block,
+    )
+    return y
+
+
+def sort_window_backward(g: Tensor, x: Tensor, w: Tensor, k, s, need_dx: bool,
+                         need_dw: bool) -> tuple[Tensor, Tensor]:
+    """``(dx, dw)``: dx laid out as ``x`` (empty unless ``need_dx``), dw [1 or C, k] float32
+    (empty unless ``need_dw``)."""
+    n, c, h, wd = x.shape
+    oh, ow = g.shape[2:]
+    ranks = w.shape[1]
+    kp = triton.next_power_of_2(k[0] * k[1])
+    block = _sort_block(kp)
+    c_last = _c_last(x)
+    per_channel = w.shape[0] > 1
+    dx = new_output(0, x)
+    if need_dx:
+        dx = empty_like_layout(x, x.shape)
+        _sort_window_dx_kernel[(triton.cdiv(x.numel(), block),)](
+            g, x, w, dx, x.numel(), c, h, wd, oh, ow, ranks,
+            *x.stride(), *g.stride(), *dx.stride(), *s, w.stride(0),
+            KH=k[0], KW=k[1], KP=kp, NH=triton.cdiv(k[0], s[0]), NW=triton.cdiv(k[1], s[1]),
+            W_PER_CHANNEL=per_channel, C_LAST=c_last, BLOCK=block,
+        )
+    dw = new_output(0, w)
+    if need_dw:
+        terms = new_output((g.numel(), ranks), x, torch.float32)  # in the kernel's order
+        _sort_window_kernel[(triton.cdiv(g.numel(), block),)](
+            x, w, g, g, terms, g.numel(), c, oh, ow, ranks,
+            *x.stride(), *g.stride(), *s, w.stride(0),
+            KH=k[0], KW=k[1], KP=kp, W_PER_CHANNEL=per_channel, C_LAST=c_last,
+            DW=True, BLOCK=block,
+        )
+        if not per_channel:
+            dw = terms.sum(0, keepdim=True)
+        elif c_last:  # rows ordered (n, oh, ow, c)
+            dw = terms.view(-1, c, ranks).sum(0)
+        else:  # rows ordered (n, c, oh, ow)
+            dw = terms.view(n, c, -1, ranks).sum((0, 2))
+    return dx, dw
+
+
+def sort_global_forward(x: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Global sort pooling of ``x`` [N, C, H, W] (spatial dims flattenable) with weights
+    ``w`` [1 or C, k] float32: ``(y [N, C], pos [N, C, k] int32, vals [N, C, k] float32)``,
+    the positions (flat spatial index) and values of the top k ranks."""
     n, c = x.shape[:2]
     L = x[0, 0].numel()
-    dx = empty_like_layout(x, x.shape)
-    _wildcat_bwd_kernel[(n * c,)](
-        g, x, stats, dx, c, L, x.stride(0), x.stride(1), flat_spatial_stride(x),
-        g.stride(0), g.stride(1), kmax, max(kmin, 1), alpha,
-        HAS_MIN=kmin > 0, BLOCK=triton.next_power_of_2(L),
+    ranks = w.shape[1]
+    y = new_output((n, c), x)
+    pos = new_output((n, c, ranks), x, torch.int32)
+    vals = new_output((n, c, ranks), x, torch.float32)
+    block = max(2, triton.next_power_of_2(L))
+    _sort_global_fwd_kernel[(n * c,)](
+        x, w, y, pos, vals, c, L, ranks, x.stride(0), x.stride(1), flat_spatial_stride(x),
+        w.stride(0), W_PER_CHANNEL=w.shape[0] > 1, BLOCK=block,
+        num_warps=4 if block <= 2048 else min(16, block // 512),  # int64 keys: registers
     )
-    return dx
+    return y, pos, vals
+
+
+def sort_global_backward(g: Tensor, pos: Tensor, vals: Tensor, w: Tensor, shape,
+                         channels_last: bool, need_dx: bool,
+                         need_dw: bool) -> tuple[Tensor, Tensor]:
+    """``(dx, dw)`` of the global sort pooling; dx [N, C, H, W] (channels_last when the
+    input was), zero outside the top ranks."""
+    n, c = shape[:2]
+    ranks = w.shape[1]
+    dx = new_output(0, g)
+    if need_dx:
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        dx = torch.empty(shape, dtype=g.dtype, device=g.device, memory_format=fmt).zero_()
+        _sort_global_bwd_kernel[(n * c,)](
+            g, pos, w, dx, c, ranks, g.stride(0), g.stride(1), dx.stride(0), dx.stride(1),
+            flat_spatial_stride(dx), w.stride(0), W_PER_CHANNEL=w.shape[0] > 1,
+            KP=max(2, triton.next_power_of_2(ranks)),
+        )
+    dw = new_output(0, w)
+    if need_dw:
+        terms = g.float()[..., None] * vals  # [N, C, k]
+        dw = terms.sum(0) if w.shape[0] > 1 else terms.sum((0, 1))[None]
+    return dx, dw
