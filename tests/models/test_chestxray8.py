@@ -102,3 +102,19 @@ def test_feature_strides(backbone, stride):
 def test_feature_stride_is_checked():
     with pytest.raises(ValueError, match=r"model.feature_stride must be 32 for vgg16"):
         ChestXray8Net(3, "vgg16", 8, feature_stride=8)
+
+
+def test_sort_pooling_head_weighs_the_top_cells_of_each_class_map():
+    from wsloc.models.chestxray8 import SORT_RANKS
+
+    model = _model(pooling="sort", pool_on="classes").eval()
+    x = torch.rand(2, 1, 160, 160)
+    logits = model(x)
+    top = model.class_maps.flatten(2).topk(SORT_RANKS, -1).values  # starts as their mean
+    torch.testing.assert_close(logits, top.mean(-1) + model.prediction.bias, rtol=1e-5,
+                               atol=1e-5)
+    assert model.pool.weight.shape == (5, SORT_RANKS)
+    logits[:, 2].sum().backward()
+    grad = model.pool.weight.grad
+    torch.testing.assert_close(grad[2], top[:, 2].sum(0).detach(), rtol=1e-5, atol=1e-5)
+    assert grad[[0, 1, 3, 4]].abs().sum() == 0

@@ -16,7 +16,8 @@ from wsloc.models.backbones import build_backbone, stage_channels
 
 __all__ = ["ChestXray8Net", "MeanLSEPool2d", "POOLINGS", "build_pooling", "user_pooling"]
 
-POOLINGS = ("lse", "max", "avg", "softpool", "wildcat")
+POOLINGS = ("lse", "max", "avg", "softpool", "wildcat", "sort")
+SORT_RANKS = 16  # model.pooling: sort weighs each map's 16 highest cells
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -58,6 +59,8 @@ def build_pooling(name: str, channels: int, r: float | list = 10.0, learn_r: boo
         return ops.SoftPool2d()
     if name == "wildcat":
         return ops.WildcatPool2d(kmax, kmin, alpha)
+    if name == "sort":  # one learned weight per rank and pooled channel, from the top-16 mean
+        return ops.SortPool2d(None, ranks=SORT_RANKS, num_channels=channels, init="mean")
     return user_pooling(name, channels)
 
 
@@ -148,7 +151,10 @@ class ChestXray8Net(nn.Module):
         transition_channels: D (the paper: 1024 or 2048).
         pooling: ``lse`` (sharpness ``r``, or learned per pooled channel with ``learn_r``, or
             the mean of LSE at each of a list of ``r``),
-            ``max``, ``avg``, ``softpool`` or ``wildcat``.
+            ``max``, ``avg``, ``softpool``, ``wildcat``, ``sort`` (sort pooling over the
+            whole map: each map's 16 highest cells, one learned weight per rank and pooled
+            channel, starting as their mean), or a user's pooling
+            (``package.module:Name`` or an entry point: :func:`user_pooling`).
         pool_on: ``"features"`` (the paper: pool the D transition channels, then predict) or
             ``"classes"`` (predict per position, then pool each class map — with
             ``learn_r``, one r per class).
