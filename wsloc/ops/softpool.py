@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -25,6 +26,18 @@ __all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "SoftPool1d", "SoftPool2
 _LAYOUTS = {1: "[N, C, L]", 2: "[N, C, H, W]", 3: "[N, C, D, H, W]"}
 
 
+def _tiled_columns(x: Tensor, k: Sequence[int], out: Sequence[int]) -> Tensor:
+    """:func:`window_columns` for windows that tile the map (stride = kernel, no padding):
+    the same [N·C, prod(k), prod(out)], made by one permuted copy instead of ``F.unfold``
+    (im2col is ~3× slower on CPU, and its backward, fold, likewise)."""
+    nd = len(k)
+    n, c = x.shape[:2]
+    z = x[(slice(None), slice(None), *(slice(0, o * kk) for o, kk in zip(out, k)))]
+    z = z.reshape(n * c, *(d for o, kk in zip(out, k) for d in (o, kk)))
+    order = (0, *range(2, 2 * nd + 1, 2), *range(1, 2 * nd, 2))
+    return z.permute(order).reshape(n * c, math.prod(k), math.prod(out))
+
+
 def _softpool_torch(x: Tensor, geometry) -> Tensor:
     """The PyTorch path: each window (or map) is a line of :class:`LinePool`. float16 and
     bfloat16 are accumulated in float32 and the result cast back, as the kernels do."""
@@ -34,7 +47,10 @@ def _softpool_torch(x: Tensor, geometry) -> Tensor:
     if geometry is None:
         return LinePool.apply(x.reshape(n * c, -1, 1), 1.0, SOFT, None).view(n, c).to(dtype)
     k, s, p, out = geometry
-    z = window_columns(x, k, s, p, 0.0)  # [N·C, K, prod(out)]
+    if k == s and x.numel():
+        z = _tiled_columns(x, k, out)
+    else:
+        z = window_columns(x, k, s, p, 0.0)  # [N·C, K, prod(out)]
     return LinePool.apply(z, 1.0, SOFT, None).view(n, c, *out).to(dtype)
 
 

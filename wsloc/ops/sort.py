@@ -171,6 +171,7 @@ def _slot_ranks(v: list[Tensor]) -> list[Tensor]:
 # its many small ops then run on data in the core's cache, and none waits at a thread
 # barrier (on a busy 2-core machine a barrier costs a scheduler slice, milliseconds).
 SERIAL_ELEMENTS = 32768
+BACKWARD_PIECES = 4  # the windowed backward works in pieces of 4 · SERIAL_ELEMENTS
 
 
 def _piece_elements(t: Tensor) -> int:
@@ -260,7 +261,10 @@ class _WindowSort(torch.autograd.Function):
             dx = torch.empty_like(x) if exact_cover else torch.zeros_like(x)
         if need_dw:
             dw = torch.zeros_like(w)
-        for piece in _pieces(x.shape, out, _piece_elements(x)):
+        # the backward's ops are heavier than the forward's: in pieces of 4 × as many
+        # elements, each op runs on both cores of a quiet 2-core machine (1.7× faster there
+        # than in single-thread pieces; on a busy machine the barrier costs come back)
+        for piece in _pieces(x.shape, out, BACKWARD_PIECES * _piece_elements(x)):
             ns, cs, h0, h1 = piece
             slots = _piece_slots(x, piece, k, s, out)
             gp = g[ns, cs, h0:h1]
@@ -273,7 +277,8 @@ class _WindowSort(torch.autograd.Function):
                     wp = wpad
                 dslots = _piece_slots(dx, piece, k, s, out)
                 for dslot, rank in zip(dslots, _slot_ranks(slots)):
-                    index = torch.add(rank, offset) if per_channel else rank.long()
+                    # int32 indices: index_select takes them, and the cast is cheaper
+                    index = torch.add(rank, offset) if per_channel else rank.int()
                     # index_select, not take: take's threads are slow on a busy machine
                     wr = wp.index_select(0, index.view(-1)).view(index.shape)
                     if overlap:
@@ -284,6 +289,9 @@ class _WindowSort(torch.autograd.Function):
                 vals = _network_sort(slots, ranks)
                 if per_channel:
                     dw[cs] += torch.stack([(v * gp).sum((0, 2, 3)) for v in vals], -1)
+                elif gp.is_contiguous() and all(v.is_contiguous() for v in vals):
+                    flat = gp.reshape(-1)  # one dot per rank: no product temporaries
+                    dw += torch.stack([torch.dot(v.reshape(-1), flat) for v in vals])
                 else:
                     dw += torch.stack([(v * gp).sum() for v in vals])
         return dx, dw, None, None, None
