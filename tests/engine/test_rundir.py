@@ -32,4 +32,8 @@ def test_write_atomic_replaces_whole(tmp_path):
     write_atomic(path, "one")
     write_atomic(path, "two")
     assert path.read_text() == "two" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # the mode open() gives under this umask, not mkstemp's 0600
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    plain.unlink()
     assert differences({"x": 1}, {"x": 1}) == []
