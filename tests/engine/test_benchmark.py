@@ -339,3 +339,43 @@ def test_a_users_pooling_leaves_the_random_stream_alone(cache, monkeypatch):
                             pool_on="classes", feature_stride=8)
         weights.append(net.prediction.weight.detach().clone())
     torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=0)
+
+
+def test_summary_figures_and_the_papers_row(tmp_path):
+    """summarize_cells on hand-made outcomes: mean, sample std, worst seed and its weakest
+    finding, the goals, a failed seed, and the paper's row once the data is real."""
+    from wsloc.engine.benchmark import summarize_cells
+
+    grid = load_grid(write_grid(tmp_path / "g.yaml", [("a", [])], seeds=3,
+                                goals={"tiobb": 0.5, "weakest": 0.3}))
+
+    def done(seed, tiobb, nodule, real=False):
+        figures = {"mean_auc": 0.9, "auc": {}, "tiobb": tiobb, "tiou": 0.4, "pointing": 0.7,
+                   "afp": 1.0 + seed, "findings": {"Mass": 0.9, "Nodule": nodule},
+                   "weakest": min(0.9, nodule), "weakest_finding": "Nodule"}
+        return {"cell": seed, "row": "a", "seed": seed, "status": "done", "train_s": 10.0,
+                "synthetic_data": not real, "methods": {"cam": figures}}
+
+    failed = {"cell": 2, "row": "a", "seed": 2, "status": "failed", "reason": "Boom: no"}
+    s = summarize_cells(grid, [done(0, 0.8, 0.6), done(1, 0.4, 0.2), failed])
+    (row,) = s["rows"]
+    t = row["metrics"]["tiobb"]
+    assert t["values"] == [0.8, 0.4] and t["mean"] == pytest.approx(0.6)
+    assert t["std"] == pytest.approx(np.std([0.8, 0.4], ddof=1))
+    assert (t["worst"], t["worst_seed"]) == (0.4, 1)
+    assert row["metrics"]["afp"]["worst"] == 2.0  # AFP: higher is worse
+    assert row["metrics"]["weakest"]["finding"] == "Nodule"
+    assert row["metrics"]["weakest"]["worst"] == 0.2
+    assert row["findings"]["Nodule"]["values"] == [0.6, 0.2]
+    assert row["goals_met"] == [0]
+    assert row["failed"] == [{"cell": 2, "seed": 2, "reason": "Boom: no"}]
+    assert s["cells"] == {"total": 3, "done": 2, "failed": 1, "pending": 0}
+    assert "paper" not in s
+    real = summarize_cells(grid, [done(0, 0.8, 0.6, real=True), None, None])
+    paper = real["paper"]
+    assert paper["mean_auc"] == pytest.approx(0.6962125)  # Wang et al.'s 8-class ResNet-50
+    assert paper["tiobb"] == pytest.approx(0.329575) and paper["weakest"] == 0.0126
+    from wsloc.report import benchmark_table
+
+    md = benchmark_table(real)
+    assert "| ResNet-50, 8 classes (Wang et al. 2017)" in md and "| 0.6962 | 0.330 |" in md
