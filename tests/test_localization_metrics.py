@@ -112,3 +112,39 @@ def test_score_boxes_names_the_bad_record(tmp_path, capsys, content, message):
     import re
 
     assert re.search(message, capsys.readouterr().err)
+
+
+def _halved(record):
+    """A record as `wsloc heatmap` writes it for a 512² copy of a 1024² film."""
+    r = dict(record, width=512, height=512)
+    for k in ("x1", "y1", "x2", "y2"):
+        r[k] = record[k] / 2
+    for k in ("peak_x", "peak_y"):
+        if k in record:
+            r[k] = (record[k] + 0.5) / 2 - 0.5  # the same pixel centre, at half the size
+    return r
+
+
+def test_score_boxes_scales_boxes_from_a_resized_copy(tmp_path, capsys):
+    """NIH's boxes are in its 1024² pixels: boxes a model drew on a 512² copy (records that
+    say their film's size) are scaled into that frame, unless told the GT is per image."""
+    _write_gt(tmp_path / "gt.csv")
+    (tmp_path / "pred.json").write_text(json.dumps(PRED))
+    (tmp_path / "half.json").write_text(json.dumps([_halved(r) for r in PRED]))
+    gt = ["--gt", str(tmp_path / "gt.csv"), "--json"]
+    assert main(["score-boxes", "--pred", str(tmp_path / "pred.json"), *gt]) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert main(["score-boxes", "--pred", str(tmp_path / "half.json"), *gt]) == 0
+    half = json.loads(capsys.readouterr().out)
+    assert half.pop("films_rescaled") == 2 and full.pop("films_rescaled") == 0
+    assert half == full
+    assert main(["score-boxes", "--pred", str(tmp_path / "half.json"), *gt,
+                 "--gt-frame", "1024", "1024"]) == 0
+    assert json.loads(capsys.readouterr().out)["iou"] == full["iou"]
+    assert main(["score-boxes", "--pred", str(tmp_path / "half.json"), *gt,
+                 "--gt-frame", "image"]) == 0
+    as_is = json.loads(capsys.readouterr().out)
+    assert as_is["films_rescaled"] == 0 and as_is["iou"]["0.1"]["Nodule"] == 0.0
+    assert main(["score-boxes", "--pred", str(tmp_path / "half.json"), *gt,
+                 "--gt-frame", "wide"]) == 2
+    assert "--gt-frame takes WIDTH HEIGHT or 'image'" in capsys.readouterr().err

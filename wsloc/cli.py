@@ -115,7 +115,16 @@ def _score_boxes(args: argparse.Namespace) -> int:
     from wsloc.engine.score import score_boxes
     from wsloc.report import json_ready, localization_tables, write_metrics
 
-    scores = score_boxes(args.pred, args.gt, args.images)
+    frame = None
+    if args.gt_frame:
+        if args.gt_frame == ["image"]:
+            frame = "image"
+        elif len(args.gt_frame) == 2 and all(v.isdigit() and int(v) > 0 for v in args.gt_frame):
+            frame = (int(args.gt_frame[0]), int(args.gt_frame[1]))
+        else:
+            raise ValueError(f"--gt-frame takes WIDTH HEIGHT or 'image', got "
+                             f"{' '.join(args.gt_frame)}")
+    scores = score_boxes(args.pred, args.gt, args.images, gt_frame=frame)
     doc = json_ready(scores)
     tables = localization_tables(scores, "pred")
     if args.json:
@@ -124,6 +133,9 @@ def _score_boxes(args: argparse.Namespace) -> int:
         print(tables)
         print(f"\n{scores['films']} film(s) scored; {scores['films_without_predictions']} of "
               "them without any predicted box")
+        if scores["films_rescaled"]:
+            print(f"{scores['films_rescaled']} film(s)' boxes were scaled from the film's own "
+                  "size into the ground truth's frame (--gt-frame image: take them as they are)")
     if args.out:
         out = Path(args.out)
         if out.exists() and any(out.iterdir()):
@@ -364,6 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_score.add_argument("--gt", required=True, help="a BBox_List_2017.csv")
     p_score.add_argument("--images", help="score only the films listed here (e.g. "
                                           "test_list.txt)")
+    p_score.add_argument("--gt-frame", nargs="+", metavar="W H | image",
+                         help="the pixel frame of the ground truth: WIDTH HEIGHT, or 'image' "
+                              "(drawn on each film as it is). Default: as the data layer "
+                              "assumes for the CSV's folder (1024 1024 for NIH, a synthetic "
+                              "set's own size); boxes whose records give their film's size "
+                              "are scaled into it")
     p_score.add_argument("--json", action="store_true", help="print one JSON document")
     p_score.add_argument("--out", help="also write localization.json and results.md here")
     p_score.set_defaults(func=_score_boxes)

@@ -120,7 +120,8 @@ class Localizer:
             outs[i].boxes.append({"image": outs[i].image, "class": self.classes[c],
                                   "probability": p[k], "x1": x1, "y1": y1, "x2": x2,
                                   "y2": y2, "score": score, "threshold": t,
-                                  "peak_x": tops[k][0], "peak_y": tops[k][1]})
+                                  "peak_x": tops[k][0], "peak_y": tops[k][1],
+                                  "width": outs[i].frame[1], "height": outs[i].frame[0]})
         if self.keep_maps:  # the maps the boxes were drawn from, at the film's pixels
             for i, out in enumerate(outs):
                 mine = (film == i).nonzero().flatten()

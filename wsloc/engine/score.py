@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from wsloc.data.nih import CLASSES, read_bbox_list, read_split_list
+from wsloc.data.nih import CLASSES, box_frame_of, read_bbox_list, read_split_list
 
-__all__ = ["read_boxes_json", "score_boxes"]
+__all__ = ["read_boxes_json", "score_boxes", "to_frame_of"]
 
 REQUIRED = ("image", "class", "x1", "y1", "x2", "y2")
 
@@ -43,12 +43,18 @@ def read_boxes_json(path: str | Path) -> list[dict]:
     return records
 
 
-def score_boxes(pred: str | Path, gt: str | Path, images: str | Path | None = None) -> dict:
+def score_boxes(pred: str | Path, gt: str | Path, images: str | Path | None = None,
+                gt_frame: tuple[int, int] | str | None = None) -> dict:
     """Score ``pred`` (boxes.json) against ``gt`` (NIH's BBox_List_2017.csv format: x, y
     top-left, w, h; "Infiltrate" = Infiltration). Every film in ``gt`` is scored — a film
     with no predicted box misses its boxes — or only those listed in ``images`` (one name a
     line, e.g. test_list.txt). With heatmap peaks in the records (peak_x, peak_y), the
-    pointing game too."""
+    pointing game too. Records that carry their film's size are first scaled into the
+    ground truth's frame (:func:`to_frame_of`): ``gt_frame`` (width, height), by default
+    the frame the data layer assumes for the CSV's folder (1024² for the NIH release,
+    whatever size its films were resized to; a synthetic set's own size), or ``"image"``
+    for ground truth drawn on each film as it is (no scaling); ``films_rescaled`` counts
+    them."""
     from wsloc.metrics import localization_scores
 
     records = read_boxes_json(pred)
@@ -62,6 +68,11 @@ def score_boxes(pred: str | Path, gt: str | Path, images: str | Path | None = No
     if not truth:
         raise ValueError(f"{gt_path}: no ground-truth box to score"
                          + (f" among the films listed in {images}" if images else ""))
+    if gt_frame == "image":  # the ground truth is in each film's own pixels, as the boxes
+        rescaled = 0
+    else:
+        frame = box_frame_of(gt_path.parent) if gt_frame is None else tuple(gt_frame)
+        records, rescaled = to_frame_of(records, frame, pred)
     peaks = {(r["image"], r["class"]): (float(r["peak_x"]), float(r["peak_y"]))
              for r in records if "peak_x" in r and "peak_y" in r}
     present = {b.label for boxes in truth.values() for b in boxes}
@@ -70,4 +81,37 @@ def score_boxes(pred: str | Path, gt: str | Path, images: str | Path | None = No
     scored = set(truth)
     scores["films"] = len(scored)
     scores["films_without_predictions"] = len(scored - {r["image"] for r in records})
+    scores["films_rescaled"] = rescaled
     return scores
+
+
+def to_frame_of(records: list[dict], frame: tuple[int, int], where) -> tuple[list[dict], int]:
+    """Records in the ground truth's pixel frame (width, height): a record that says its
+    film's size (``width``, ``height``, as ``wsloc heatmap`` and ``segment`` write them) and
+    differs — boxes from a 512² copy of the NIH release, whose boxes are in its 1024² — is
+    scaled to it (box edges by the ratio of the sizes, peaks as pixel centres). Records
+    without a size are taken as they are. Returns (records, films rescaled)."""
+    gw, gh = frame
+    out, films = [], set()
+    for i, r in enumerate(records):
+        if "width" not in r or "height" not in r:
+            out.append(r)
+            continue
+        try:
+            w, h = float(r["width"]), float(r["height"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: record {i} has a non-numeric width or height") from None
+        if not (w > 0 and h > 0):
+            raise ValueError(f"{where}: record {i} has a film size of {w} × {h}")
+        if (w, h) == (gw, gh):
+            out.append(r)
+            continue
+        sx, sy = gw / w, gh / h
+        r = dict(r, x1=float(r["x1"]) * sx, x2=float(r["x2"]) * sx, y1=float(r["y1"]) * sy,
+                 y2=float(r["y2"]) * sy, width=gw, height=gh)
+        if "peak_x" in r and "peak_y" in r:
+            r["peak_x"] = (float(r["peak_x"]) + 0.5) * sx - 0.5
+            r["peak_y"] = (float(r["peak_y"]) + 0.5) * sy - 0.5
+        films.add(r["image"])
+        out.append(r)
+    return out, len(films)

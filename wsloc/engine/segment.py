@@ -173,7 +173,8 @@ def run_segment(checkpoint: str | Path, inputs: Sequence[str | Path], out: str |
                     boxes.append({"image": files[i].name, "class": label,
                                   "probability": round(float(probs[j, c]), 6),
                                   "x1": float(x1), "y1": float(y1), "x2": float(x2),
-                                  "y2": float(y2), "score": round(area, 6)})
+                                  "y2": float(y2), "score": round(area, 6),
+                                  "width": int(film.shape[1]), "height": int(film.shape[0])})
             if overlays:
                 mask_overlay_png(out / "overlays" / f"{stems[i]}.png", film, files[i].name,
                                  shown)
