@@ -96,7 +96,7 @@ def _extends(old: dict, new: dict) -> bool:
             and new["configs"][:len(old["configs"])] == old["configs"])
 
 
-def report_root(grid: Grid, cfg: dict, progress: bool) -> str | None:
+def report_root(grid: Grid, progress: bool) -> str | None:
     """The data root the reported split is taken from (None: the cell's own data)."""
     rep = grid.report
     if "synthetic" in rep:
@@ -104,12 +104,6 @@ def report_root(grid: Grid, cfg: dict, progress: bool) -> str | None:
 
         return str(ensure_synthetic(**rep["synthetic"], progress=progress))
     return rep.get("data_root")
-
-
-def _builtin_root(cfg: dict, progress: bool) -> Path:
-    from wsloc.engine.common import data_root_of
-
-    return data_root_of(cfg, progress=progress)
 
 
 def _history(run: Path) -> list[dict] | None:
@@ -193,6 +187,8 @@ def _locked(path: Path, blocking: bool = True):
 
 def _run_cell(grid: Grid, k: int, cell: Path, data_root: str | None, progress: bool) -> dict:
     """Train and evaluate cell ``k``; its outcome is written to ``cell.json`` either way."""
+    from wsloc.engine.common import data_root_of
+
     row, seed = grid.cells[k]
     outcome = {"cell": k, "row": row.name, "seed": seed}
     began = time.perf_counter()
@@ -205,9 +201,8 @@ def _run_cell(grid: Grid, k: int, cell: Path, data_root: str | None, progress: b
             history = _history(run)
         outcome["train_s"] = round(sum(h["seconds"] for h in history), 1)
         outcome["epochs"] = len(history)
-        root = report_root(grid, cfg, progress)
-        data = Path(root if root is not None else
-                    (cfg["data"]["root"] or _builtin_root(cfg, progress)))
+        root = report_root(grid, progress)
+        data = Path(root) if root is not None else data_root_of(cfg, progress=progress)
         outcome["report_data"] = str(data)
         outcome["synthetic_data"] = (data / "synth.json").is_file()
         outcome["methods"] = {m: _figures(_evaluate_cell(cell, m, root, grid.report["split"],
@@ -434,11 +429,9 @@ def summarize(g: Grid, out: Path) -> dict:
     return summary
 
 
-# metric -> (label, higher is better)
-METRICS = {"mean_auc": ("mean AUC", True), "tiobb": ("T(IoBB = 0.5)", True),
-           "tiou": ("T(IoU = 0.3)", True), "pointing": ("pointing", True),
-           "afp": ("AFP at T(IoBB = 0.5)", False), "weakest": ("weakest finding", True),
-           "train_s": ("train s", False)}
+# the metrics a row summarises -> whether higher is better (report.BENCH_COLUMNS labels them)
+METRICS = {"mean_auc": True, "tiobb": True, "tiou": True, "pointing": True, "afp": False,
+           "weakest": True, "train_s": False}
 
 
 def _spread(values: list[float], seeds: list[int], higher: bool) -> dict:
@@ -484,7 +477,7 @@ def summarize_cells(g: Grid, outcomes: list[dict | None]) -> dict:
             per = [dict(o["methods"][method], train_s=o["train_s"]) for o in done]
             entry = {"row": row.name, "set": list(row.overrides), "method": method,
                      "seeds_done": seeds, "failed": failed, "metrics": {}, "findings": {}}
-            for key, (_, higher) in METRICS.items():
+            for key, higher in METRICS.items():
                 values = [f.get(key) for f in per]
                 if values and all(v is not None and v == v for v in values):  # no NaN
                     entry["metrics"][key] = _spread(values, seeds, higher)

@@ -781,11 +781,7 @@ def _sort_global_fwd_kernel(
     msk = ls < L
     v = tl.load(x_ptr + n * sxn + c * sxc + ls.to(tl.int64) * sxl, mask=msk,
                 other=0.0).to(tl.float32)
-    v = tl.where(v == 0.0, 0.0, v)  # -0.0 ties with 0.0, as in torch.sort
-    bits = v.to(tl.int32, bitcast=True)
-    key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # ordered as the floats are
-    key = tl.where(v != v, 0x7FFFFFFF, key)  # every NaN above +inf, equal to each other
-    key = tl.where(msk, key, -2147483648)  # padding below -inf
+    key = _order_key(v, msk)  # as torch.sort orders them; padding below -inf
     # ties: the earlier position has the larger low word, so it comes first
     packed = (key.to(tl.int64) << 32) | (BLOCK - 1 - ls).to(tl.int64)
     top = tl.sort(packed, descending=True)  # (tl.topk would need Triton >= 3.4)
