@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -54,6 +55,8 @@ _FINDING_CODES = {
 }
 PRIVATE_SCHEME = "99WSLOC"  # "99" marks a private coding scheme (PS3.3 8.2)
 _SEG_SERIES_NUMBER, _SR_SERIES_NUMBER = 9901, 9902
+# the namespace of wsloc's derived UIDs (a fixed random UUID; changing it changes every UID)
+_UID_NAMESPACE = uuid.UUID("e5a09cd7-a5e8-45da-85fd-111708839f19")
 _BOX_KEYS = ("class", "probability", "x1", "y1", "x2", "y2")
 
 
@@ -145,15 +148,16 @@ def _check_source(source) -> tuple[int, int]:
     return int(source.Rows), int(source.Columns)
 
 
-def _uid(explicit: str | None, *entropy: object):
+def _uid(explicit: str | None, *entropy: object) -> str:
     """The given UID, or one derived from ``entropy`` (the source's UIDs, what is written,
     wsloc's version): the same result on the same film gets the same UID, so a resumed or
-    repeated run writes the same objects; a different result gets a different one."""
-    from pydicom.uid import generate_uid
-
+    repeated run writes the same objects; a different result gets a different one. Derived
+    UIDs are ``2.25.`` + a name-based (SHA-1, version 5) UUID of the entropy, the UUID form
+    of UID PS3.5 B.2 allows."""
     if explicit is not None:
         return str(explicit)
-    return generate_uid(prefix=None, entropy_srcs=[str(e) for e in entropy])
+    name = "\x1f".join(str(e) for e in entropy)
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
 
 
 def _versions(algorithm_version: str | None) -> str:
