@@ -502,3 +502,15 @@ def test_domain_check_on_real_pydicom_films():
     assert "Modality CT" in dicom_domain_check(ct)
     (chest,) = get_charset_files("chrJapMulti.dcm")
     assert dicom_domain_check(pydicom.dcmread(chest)) is None
+
+
+def test_importing_the_module_loads_neither_highdicom_nor_pydicom():
+    """heatmap/segment may import wsloc.dicom_out at the top: it must stay cheap."""
+    import subprocess
+    import sys
+
+    code = ("import sys, wsloc.dicom_out; "
+            "print(sorted(m for m in ('highdicom', 'pydicom') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.stdout.strip() == "[]"
