@@ -12,6 +12,7 @@ import torch
 from wsloc.boxes import PAPER_THRESHOLDS
 from wsloc.engine.common import data_root_of, load_trained, make_dataset, predict
 from wsloc.engine.distributed import setup
+from wsloc.engine.domain import checkpoint_domain, domain_warning
 from wsloc.metrics import compute_auc, mean_auc
 
 __all__ = ["evaluate"]
@@ -147,7 +148,7 @@ def evaluate(checkpoint: str | Path, data_root: str | Path | None = None, split:
     if not isinstance(method, str):
         raise TypeError(f"`method` must be a name, got {type(method).__name__}")
     checkpoint = Path(checkpoint)
-    model, cfg, _, _ = load_trained(checkpoint)
+    model, cfg, _, ckpt = load_trained(checkpoint)
     try:
         method_for(model, method)
     except ValueError as err:
@@ -158,6 +159,9 @@ def evaluate(checkpoint: str | Path, data_root: str | Path | None = None, split:
         cfg["data"]["root"] = str(data_root)
     root = data_root_of(cfg, d, progress)
     dataset = make_dataset(cfg, root, split, cfg["data"]["eval_transform"])
+    warning = domain_warning(checkpoint_domain(ckpt), data_root=root)
+    if warning and d.main:
+        warnings.warn(f"{checkpoint}: {warning}", stacklevel=2)
     scores, labels = predict(model, dataset, d, batch_size or cfg["train"]["batch_size"],
                              cfg["data"]["num_workers"], cfg["train"]["channels_last"])
     classes = list(dataset.classes)
@@ -166,6 +170,8 @@ def evaluate(checkpoint: str | Path, data_root: str | Path | None = None, split:
               "method": method,
               "images": int(len(labels)), "mean_auc": mean_auc(aucs),
               "auc": {c: (None if np.isnan(a) else float(a)) for c, a in zip(classes, aucs)}}
+    if warning:
+        result["domain_warning"] = warning
     if d.main:
         out_dir = _out_dir(out, checkpoint, split, method)
         write_metrics(out_dir / "metrics.json", result)
@@ -202,6 +208,8 @@ def evaluate(checkpoint: str | Path, data_root: str | Path | None = None, split:
                                                     _method(masks["compare"]["config"]),
                                                     header=False)
             written.append("segmentation.json")
+        if warning:
+            note += f"\n\n**Warning:** {warning}."
         (out_dir / "results.md").write_text(table + note + "\n")
         result["out"] = str(out_dir)
         print(table + note)

@@ -17,6 +17,7 @@ from wsloc.data import collate
 from wsloc.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from wsloc.engine.common import data_root_of, make_dataset, predict
 from wsloc.engine.distributed import Dist, setup
+from wsloc.engine.domain import training_domain
 from wsloc.losses import background_penalty, build_loss
 from wsloc.metrics import compute_auc, mean_auc
 from wsloc.models import build_model
@@ -152,6 +153,7 @@ def train(cfg: dict, out: str | Path | None = None, resume: str | Path | None = 
     random.seed(t["seed"])
 
     root = data_root_of(cfg, d, progress)
+    domain = training_domain(root)  # recorded in each checkpoint (wsloc.engine.domain)
     train_ds = make_dataset(cfg, root, "train", cfg["data"]["train_transform"])
     val_ds = make_dataset(cfg, root, "val", cfg["data"]["eval_transform"])
     classes = train_ds.classes
@@ -239,7 +241,7 @@ def train(cfg: dict, out: str | Path | None = None, resume: str | Path | None = 
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
                      "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                      "epoch": epoch + 1, "best": best, "config": cfg, "classes": list(classes),
-                     "history": history, "rng": rng_state()}
+                     "history": history, "rng": rng_state(), "domain": domain}
             # best.pt before last.pt: a run killed between the two resumes from the epoch
             # before and writes both again, never leaving last.pt ahead of a stale best.pt
             if improved:
