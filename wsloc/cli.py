@@ -94,6 +94,8 @@ def _where(summary: dict) -> str:
 
 
 def _written(summary: dict, out: str, *dirs: str) -> str:
+    if "rank" in summary:
+        return f"{summary['failed_file']}; rank 0 merges"
     if "shard" in summary:
         n = summary["shard"].split("/")[1]
         return f"{summary['failed_file']}; when all {n} shards are done: wsloc merge {out}"
@@ -104,6 +106,8 @@ def _failures(summary: dict, out: str, show: int = 20) -> int:
     """List the inputs a command could not read (the first ``show``; all are in
     failed.txt); its exit code (1 if any)."""
     failed = summary["failed"]
+    if "rank" in summary:  # a torchrun rank but the first: rank 0 lists them all, and exits 1
+        return 0
     for path, why in failed[:show]:
         print(f"failed: {path}: {why}", file=sys.stderr)
     if len(failed) > show:

@@ -644,6 +644,8 @@ class FilmStream:
         summary = _part_summary(self.part_dir / PART)
         summary.update(shard=f"{i}/{n}", out=str(self.out), failed_file=str(self.part.path),
                        method=self.record.get("method"))
+        if self.dist.world > 1:  # rank 0 merges, and reports every rank's failures
+            summary["rank"] = self.dist.rank
         return summary
 
     def _wait_for_parts(self, n: int) -> None:
