@@ -197,7 +197,7 @@ def _bench_heatmap(args: argparse.Namespace) -> int:
     from wsloc.bench import heatmap
 
     heatmap.run(checkpoint=args.checkpoint, device=args.device, batch=args.batch,
-                frame=args.frame, out_dir=args.out)
+                frame=args.frame, out_dir=args.out, films=args.films, workers=args.workers)
     return 0
 
 
@@ -251,12 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
     b_train.add_argument("--out", default="benchmarks", help="folder for the JSON results")
     b_train.set_defaults(func=_bench_train)
     b_heat = bench_sub.add_parser(
-        "heatmap", help="CAM + boxes vs. the plain forward pass, on one batch")
+        "heatmap", help="CAM + boxes vs. the plain forward pass, on one batch; and "
+                        "wsloc heatmap end to end from PNG files")
     b_heat.add_argument("--checkpoint", help="a trained model (default: the demo's "
                                              "architecture, untrained)")
     b_heat.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     b_heat.add_argument("--batch", type=int, default=32)
     b_heat.add_argument("--frame", type=int, default=256, help="the films' size in pixels")
+    b_heat.add_argument("--films", type=int,
+                        help="PNG files for the end-to-end row (default 8 batches)")
+    b_heat.add_argument("--workers", type=int, default=2,
+                        help="the end-to-end row's reader processes (default 2)")
     b_heat.add_argument("--out", default="benchmarks", help="folder for the JSON results")
     b_heat.set_defaults(func=_bench_heatmap)
     b_seg = bench_sub.add_parser(
@@ -361,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "OUT/overlays/<name>.png, OUT/boxes.json (boxes in each film's own "
                     "pixels), and with --save-maps the raw heatmaps as .npy. Unreadable "
                     "inputs are listed and the rest processed; the exit code is 1 if any "
-                    "failed.")
+                    "failed. Records stream to OUT/boxes.jsonl as films finish: --resume "
+                    "continues a killed run, --shard I/N (or torchrun) splits the films, "
+                    "wsloc merge joins the shards.")
     p_heat.add_argument("--all-classes", action="store_true",
                         help="every class gets its heatmap and boxes")
     p_heat.add_argument("--thresholds", type=int, nargs="+", default=[60, 180],
@@ -380,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "thresholded CAMs. Writes OUT/masks/<name>__<Finding>.png (0/255, the "
                     "film's size) for each finding called present, OUT/overlays/<name>.png "
                     "and OUT/boxes.json. Unreadable inputs are listed and the rest "
-                    "processed; the exit code is 1 if any failed.")
+                    "processed; the exit code is 1 if any failed. Streamed, resumable and "
+                    "sharded as wsloc heatmap.")
     p_seg.add_argument("--cam-threshold", type=int, default=60,
                        help="ChestX-ray8 checkpoints: the CAM threshold on [0, 255] "
                             "(default 60)")
