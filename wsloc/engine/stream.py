@@ -40,7 +40,6 @@ from __future__ import annotations
 import heapq
 import json
 import os
-import threading
 import time
 import uuid
 import warnings
@@ -348,11 +347,11 @@ class _Writer:
         self.max_pending = max_pending
         self.written = 0
         self.kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
-        self.lock = threading.Lock()
 
-    def put(self, done: dict, task: Callable[[], tuple[list[dict], dict]] | None) -> None:
-        """``task()`` → (the film's records, extra done-record fields); None: a failure."""
-        self.pending.append((done, self.pool.submit(task) if task else ([], {})))
+    def put(self, done: dict, task: Callable[[], tuple[list[dict], dict]] | tuple) -> None:
+        """``task()`` → (the film's records, extra done-record fields), run in the pool; or
+        that pair itself, when there is nothing to write."""
+        self.pending.append((done, self.pool.submit(task) if callable(task) else task))
         while len(self.pending) > self.max_pending:
             self._commit(block=True)
 
@@ -607,10 +606,7 @@ class FilmStream:
         """Hand over a film of the current batch: ``task()`` (run in a writer thread)
         writes its files and returns (its records, extra done-record fields such as
         ``{"masks": 3}``); or, when it has no files to write, its ``records`` directly."""
-        if task is None:
-            recs = list(records or [])
-            task = lambda: (recs, {})  # noqa: E731
-        self._pending[film.i] = (film, task)
+        self._pending[film.i] = (film, task if task is not None else (list(records or []), {}))
 
     def _record_batch(self, items: list[dict]) -> None:
         """The batch's films to the writer, in input order: failures and finished films."""
@@ -618,7 +614,7 @@ class FilmStream:
             i = it["i"]
             if it["error"] is not None:
                 self.writer.put(self._done(i, it["size"], it["mtime_ns"], "failed",
-                                           it["error"]), None)
+                                           it["error"]), ([], {}))
                 continue
             entry = self._pending.get(i)
             if not isinstance(entry, tuple):
