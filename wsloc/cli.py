@@ -72,25 +72,51 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stream_options(args: argparse.Namespace) -> dict:
+    return {"batch_size": args.batch_size, "min_probability": args.min_probability,
+            "device": args.device, "overlays": not args.no_overlays, "resume": args.resume,
+            "shard": args.shard, "workers": args.workers}
+
+
 def _heatmap(args: argparse.Namespace) -> int:
     from wsloc.engine.heatmap import run_heatmap
 
-    summary = run_heatmap(args.checkpoint, args.inputs, args.out, batch_size=args.batch_size,
-                          min_probability=args.min_probability, all_classes=args.all_classes,
+    summary = run_heatmap(args.checkpoint, args.inputs, args.out, all_classes=args.all_classes,
                           save_maps=args.save_maps, thresholds=args.thresholds,
-                          device=args.device, method=args.method)
-    print(f"{summary['images']} film(s), {summary['boxes']} box(es) ({args.method}): "
-          f"{args.out}/boxes.json, {args.out}/overlays/")
+                          method=args.method, **_stream_options(args))
+    print(f"{_where(summary)}{summary['images']} film(s), {summary['boxes']} box(es) "
+          f"({args.method}): {_written(summary, args.out, 'overlays/')}")
     return _failures(summary, args.out)
 
 
-def _failures(summary: dict, out: str) -> int:
-    """List the inputs a command could not read; its exit code (1 if any)."""
-    for path, why in summary["failed"]:
+def _where(summary: dict) -> str:
+    return f"shard {summary['shard']}: " if "shard" in summary else ""
+
+
+def _written(summary: dict, out: str, *dirs: str) -> str:
+    if "rank" in summary:
+        return f"{summary['failed_file']}; rank 0 merges"
+    if "shard" in summary:
+        n = summary["shard"].split("/")[1]
+        return f"{summary['failed_file']}; when all {n} shards are done: wsloc merge {out}"
+    return ", ".join([f"{out}/boxes.json", *(f"{out}/{d}" for d in dirs)])
+
+
+def _failures(summary: dict, out: str, show: int = 20) -> int:
+    """List the inputs a command could not read (the first ``show``; all are in
+    failed.txt); its exit code (1 if any)."""
+    failed = summary["failed"]
+    if "rank" in summary:  # a torchrun rank but the first: rank 0 lists them all, and exits 1
+        return 0
+    for path, why in failed[:show]:
         print(f"failed: {path}: {why}", file=sys.stderr)
-    if summary["failed"]:
-        print(f"{len(summary['failed'])} input(s) could not be read (listed in "
-              f"{out}/failed.txt)", file=sys.stderr)
+    if len(failed) > show:
+        print(f"... and {len(failed) - show} more", file=sys.stderr)
+    if failed:
+        where = (f"the done records of {summary['failed_file']}" if "shard" in summary
+                 else f"{out}/failed.txt")
+        print(f"{len(failed)} input(s) could not be read (listed in {where})",
+              file=sys.stderr)
         return 1
     return 0
 
@@ -98,14 +124,22 @@ def _failures(summary: dict, out: str) -> int:
 def _segment(args: argparse.Namespace) -> int:
     from wsloc.engine.segment import run_segment
 
-    summary = run_segment(args.checkpoint, args.inputs, args.out, batch_size=args.batch_size,
-                          min_probability=args.min_probability,
+    summary = run_segment(args.checkpoint, args.inputs, args.out,
                           cam_threshold=args.cam_threshold, n_segments=args.superpixels,
                           compactness=args.compactness, sigma=args.slic_sigma,
-                          device=args.device)
-    print(f"{summary['images']} film(s), {summary['masks']} mask(s) ({summary['method']}): "
-          f"{args.out}/masks/, {args.out}/overlays/, {args.out}/boxes.json")
+                          **_stream_options(args))
+    print(f"{_where(summary)}{summary['images']} film(s), {summary['masks']} mask(s) "
+          f"({summary['method']}): {_written(summary, args.out, 'masks/', 'overlays/')}")
     return _failures(summary, args.out)
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from wsloc.engine.stream import merge
+
+    summary = merge(args.outs)
+    print(f"{summary['images']} film(s), {summary['boxes']} box(es) ({summary['method']}): "
+          f"{args.outs[0]}/boxes.json")
+    return _failures(summary, args.outs[0])
 
 
 def _score_boxes(args: argparse.Namespace) -> int:
@@ -163,7 +197,7 @@ def _bench_heatmap(args: argparse.Namespace) -> int:
     from wsloc.bench import heatmap
 
     heatmap.run(checkpoint=args.checkpoint, device=args.device, batch=args.batch,
-                frame=args.frame, out_dir=args.out)
+                frame=args.frame, out_dir=args.out, films=args.films, workers=args.workers)
     return 0
 
 
@@ -217,12 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
     b_train.add_argument("--out", default="benchmarks", help="folder for the JSON results")
     b_train.set_defaults(func=_bench_train)
     b_heat = bench_sub.add_parser(
-        "heatmap", help="CAM + boxes vs. the plain forward pass, on one batch")
+        "heatmap", help="CAM + boxes vs. the plain forward pass, on one batch; and "
+                        "wsloc heatmap end to end from PNG files")
     b_heat.add_argument("--checkpoint", help="a trained model (default: the demo's "
                                              "architecture, untrained)")
     b_heat.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     b_heat.add_argument("--batch", type=int, default=32)
     b_heat.add_argument("--frame", type=int, default=256, help="the films' size in pixels")
+    b_heat.add_argument("--films", type=int,
+                        help="PNG files for the end-to-end row (default 8 batches)")
+    b_heat.add_argument("--workers", type=int, default=2,
+                        help="the end-to-end row's reader processes (default 2)")
     b_heat.add_argument("--out", default="benchmarks", help="folder for the JSON results")
     b_heat.set_defaults(func=_bench_heatmap)
     b_seg = bench_sub.add_parser(
@@ -298,12 +337,27 @@ def build_parser() -> argparse.ArgumentParser:
     films = argparse.ArgumentParser(add_help=False)  # what heatmap and segment share
     films.add_argument("--checkpoint", required=True, help="a best.pt or last.pt")
     films.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders")
-    films.add_argument("--out", required=True, help="a new folder")
+    films.add_argument("--out", required=True,
+                       help="a new folder (or, with --resume, the run's own)")
     films.add_argument("--min-probability", type=float, default=0.5,
                        help="findings at or above it get heatmaps, boxes or masks "
                             "(default 0.5)")
-    films.add_argument("--batch-size", type=int, default=16)
+    films.add_argument("--batch-size", type=int, default=16,
+                       help="films per forward pass (default 16; recorded: a resume or a "
+                            "shard uses the run's)")
     films.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    films.add_argument("--workers", type=int,
+                       help="processes reading and resizing films (default: one per core "
+                            "but one, at most 4; 0: in the main process)")
+    films.add_argument("--no-overlays", action="store_true", help="write no overlay PNGs")
+    films.add_argument("--resume", action="store_true",
+                       help="continue the run in --out: films already done (same path, size "
+                            "and mtime) are skipped; refused if the checkpoint or a setting "
+                            "differs")
+    films.add_argument("--shard", metavar="I/N",
+                       help="only the films whose index is I modulo N, into "
+                            "OUT/shards/I-of-N/ (e.g. $SLURM_ARRAY_TASK_ID/N); then "
+                            "wsloc merge OUT. Under torchrun each rank takes its own")
 
     p_heat = sub.add_parser(
         "heatmap", parents=[films],
@@ -312,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "OUT/overlays/<name>.png, OUT/boxes.json (boxes in each film's own "
                     "pixels), and with --save-maps the raw heatmaps as .npy. Unreadable "
                     "inputs are listed and the rest processed; the exit code is 1 if any "
-                    "failed.")
+                    "failed. Records stream to OUT/boxes.jsonl as films finish: --resume "
+                    "continues a killed run, --shard I/N (or torchrun) splits the films, "
+                    "wsloc merge joins the shards.")
     p_heat.add_argument("--all-classes", action="store_true",
                         help="every class gets its heatmap and boxes")
     p_heat.add_argument("--thresholds", type=int, nargs="+", default=[60, 180],
@@ -331,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "thresholded CAMs. Writes OUT/masks/<name>__<Finding>.png (0/255, the "
                     "film's size) for each finding called present, OUT/overlays/<name>.png "
                     "and OUT/boxes.json. Unreadable inputs are listed and the rest "
-                    "processed; the exit code is 1 if any failed.")
+                    "processed; the exit code is 1 if any failed. Streamed, resumable and "
+                    "sharded as wsloc heatmap.")
     p_seg.add_argument("--cam-threshold", type=int, default=60,
                        help="ChestX-ray8 checkpoints: the CAM threshold on [0, 255] "
                             "(default 60)")
@@ -343,6 +400,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"SLIC's pre-smoothing as a fraction of the film's longer side "
                             f"(default 1/64 = {SLIC_SIGMA:.4f})")
     p_seg.set_defaults(func=_segment)
+
+    p_merge = sub.add_parser(
+        "merge", help="join the shards of a heatmap or segment run into OUT/boxes.json",
+        description="Join the parts that `wsloc heatmap/segment --shard I/N` wrote into "
+                    "OUT/boxes.json and OUT/failed.txt, exactly what one process writes. "
+                    "Refuses a missing, unfinished or repeated shard, and shards made by "
+                    "another checkpoint, other settings or another input list. Further "
+                    "folders (shards run with their own --out elsewhere) are merged into "
+                    "the first, their files copied there.")
+    p_merge.add_argument("outs", nargs="+", metavar="OUT", help="the run's folder(s)")
+    p_merge.set_defaults(func=_merge)
 
     p_bench = sub.add_parser(
         "benchmark", help="a grid of configs × training seeds, trained, evaluated and "

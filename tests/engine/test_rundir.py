@@ -37,3 +37,27 @@ def test_write_atomic_replaces_whole(tmp_path):
     assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
     plain.unlink()
     assert differences({"x": 1}, {"x": 1}) == []
+
+
+def test_replacing_writes_whole_or_not_at_all(tmp_path):
+    import numpy as np
+
+    from wsloc.engine.rundir import remove_temps, replacing
+
+    path = tmp_path / "m.npy"
+    with replacing(path, "t1") as tmp:
+        assert tmp.name.startswith(".") and tmp.suffix == ".npy"  # np.save keeps the name
+        np.save(tmp, np.arange(3))
+    assert np.array_equal(np.load(path), np.arange(3))
+    with pytest.raises(RuntimeError), replacing(path, "t1") as tmp:
+        np.save(tmp, np.arange(5))
+        raise RuntimeError("killed mid-way")
+    assert np.array_equal(np.load(path), np.arange(3))  # the old file, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npy"]
+    with pytest.raises(OSError, match="the writer wrote nothing"), replacing(path):
+        pass
+    for tag in ("t1", "t2"):  # what kills leave behind: each writer clears its own
+        (tmp_path / f".x.png.{tag}.wsloc-tmp.png").write_bytes(b"half")
+    assert remove_temps(tmp_path, "t1") == 1
+    assert remove_temps(tmp_path) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npy"]

@@ -2,35 +2,48 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from wsloc.boxes import PAPER_THRESHOLDS
 
-__all__ = ["collect_inputs", "film_batches", "open_user_run", "run_heatmap",
-           "IMAGE_SUFFIXES"]
+__all__ = ["collect_inputs", "open_user_run", "run_heatmap", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic"}
 
 
-def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files as given, and the images in folders (recursively, by suffix or DICOM magic),
-    in a stable order. A path that does not exist is an error naming it."""
+def collect_inputs(inputs: Sequence[str | Path],
+                   unreadable: dict[str, str] | None = None) -> list[Path]:
+    """Files as given, and the images in folders (recursively, by suffix or DICOM magic;
+    each folder's files sorted by path), in a stable order. Symlinked folders are followed,
+    except one that links back to a folder above it (a loop). A path that does not exist is
+    an error naming it.
+
+    Args:
+        inputs: files and folders.
+        unreadable: when given, what cannot be walked — a symlink loop, a folder that
+            cannot be listed — is returned in the list too (sorted among its folder's
+            files) and ``unreadable[str(path)]`` says why, so that a run lists it as a
+            failure; otherwise it is left out.
+    """
     from wsloc.data.images import is_dicom
 
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and (
-                p.suffix.lower() in IMAGE_SUFFIXES or (not p.suffix and is_dicom(p))))
-            if not found:
+            problems: dict[str, str] = {}
+            found = [p for p in _walk(path, problems) if p.suffix.lower() in IMAGE_SUFFIXES
+                     or (not p.suffix and is_dicom(p))]
+            if not found and not problems:
                 raise FileNotFoundError(f"{path}: no PNG, JPEG or DICOM file in this folder")
-            files.extend(found)
+            if unreadable is not None:
+                unreadable.update(problems)
+                found += [Path(p) for p in problems]
+            files.extend(sorted(found))
         elif path.is_file():
             files.append(path)
         else:
@@ -38,68 +51,81 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def film_batches(files: Sequence[Path], batch_size: int, transform, failed: list,
-                 desc: str, progress: bool = True):
-    """Batches of a user's films, read and transformed for the network, with a progress
-    bar: yields (indices into ``files``, the films [H, W] in [0, 1], x [n, 1, h, w]). An
-    unreadable film is appended to ``failed`` as (path, reason) and skipped."""
-    from tqdm import tqdm
+def _walk(root: Path, problems: dict[str, str]):
+    """Every file under ``root``, following symlinked folders but not a loop (a folder
+    that is its own ancestor); the loops and the folders that cannot be listed go into
+    ``problems``. Each folder's entries in sorted order, so the walk is the same every
+    time."""
+    import os
 
-    from wsloc.data.images import ImageReadError, read_image
+    def key(p):
+        st = os.stat(p)
+        return st.st_dev, st.st_ino
 
-    bar = tqdm(total=len(files), desc=desc, unit="img", disable=not progress)
-    for start in range(0, len(files), batch_size):
-        chunk = list(range(start, min(start + batch_size, len(files))))
-        films, tensors, keep = [], [], []
-        for i in chunk:
+    above = {str(root): {key(root)}}
+
+    def failed(err: OSError) -> None:
+        problems[str(err.filename)] = f"{err.filename}: cannot list this folder ({err.strerror})"
+
+    for folder, dirs, names in os.walk(root, followlinks=True, onerror=failed):
+        mine = above.pop(folder, set())
+        keep = []
+        for d in sorted(dirs):
+            sub = os.path.join(folder, d)
             try:
-                film = read_image(files[i])
-            except (ImageReadError, FileNotFoundError, OSError) as err:
-                failed.append((files[i], str(err)))
+                k = key(sub)
+            except OSError as err:
+                problems[sub] = f"{sub}: cannot read this folder ({err.strerror})"
                 continue
-            films.append(film)
-            tensors.append(torch.from_numpy(transform(image=film)["image"])[None])
-            keep.append(i)
-        if keep:
-            yield keep, films, torch.stack(tensors)
-        bar.update(len(chunk))
-    bar.close()
+            if k in mine:
+                problems[sub] = (f"{sub}: a symlink loop (it leads back to a folder above "
+                                 "it); not followed")
+                continue
+            above[sub] = mine | {k}
+            keep.append(d)
+        dirs[:] = keep
+        for name in sorted(names):
+            yield Path(folder, name)
 
 
-def open_user_run(checkpoint, inputs: Sequence[str | Path], out: str | Path,
-                  batch_size: int, device: str):
+def open_user_run(checkpoint, inputs: Sequence[str | Path], batch_size: int, device: str):
     """What `wsloc heatmap` and `wsloc segment` start with: the arguments checked, the input
-    files found, a new output folder, the trained model on its device. Returns (files, out,
-    model, cfg, classes)."""
+    files found (with those that cannot be walked, and why), the trained model on its
+    device. Returns (files, unreadable, model, cfg, classes, ckpt_sha256, dist)."""
     from wsloc.engine.common import load_trained
     from wsloc.engine.distributed import setup
+    from wsloc.engine.stream import checkpoint_sha256
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"--batch-size must be a positive int, got {batch_size!r}")
-    files = collect_inputs(inputs)
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new --out")
-    model, cfg, classes, _ = load_trained(checkpoint, setup(device).device)
-    return files, out, model, cfg, classes
+    unreadable: dict[str, str] = {}
+    files = collect_inputs(inputs, unreadable)
+    d = setup(device)
+    model, cfg, classes, _ = load_trained(checkpoint, d.device)
+    return files, unreadable, model, cfg, classes, checkpoint_sha256(checkpoint), d
 
 
 def _unique_stems(paths: Sequence[Path]) -> list[str]:
-    """Output names: each file's stem, with ``-2``, ``-3`` ... when stems repeat."""
-    seen: dict[str, int] = {}
-    out = []
-    for p in paths:
-        k = seen.get(p.stem, 0) + 1
-        seen[p.stem] = k
-        out.append(p.stem if k == 1 else f"{p.stem}-{k}")
-    return out
+    """Output names; see :func:`wsloc.engine.stream.unique_stems`."""
+    from wsloc.engine.stream import unique_stems
+
+    return unique_stems(paths)
+
+
+def method_name(method) -> str:
+    """A heatmap method as run.json records it: its name, or a callable's module:name."""
+    if callable(method):
+        return f"{getattr(method, '__module__', '?')}:{getattr(method, '__qualname__', method)}"
+    return str(method)
 
 
 def run_heatmap(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Path,
                 batch_size: int = 16, min_probability: float = 0.5, all_classes: bool = False,
                 save_maps: bool = False, thresholds: Sequence[int] = PAPER_THRESHOLDS,
                 device: str = "auto", overlays: bool = True, progress: bool = True,
-                method: str = "cam") -> dict:
+                method: str = "cam", resume: bool = False, shard: str | None = None,
+                workers: int | None = None, on_film=None, settings: dict | None = None
+                ) -> dict:
     """Localize every input film with a trained ChestX-ray8 checkpoint, by the heatmap
     ``method`` (a name of :data:`wsloc.cam.METHODS`, a user's ``package.module:func`` or a
     name registered under the entry-point group ``wsloc.cam_methods``; see
@@ -107,44 +133,88 @@ def run_heatmap(checkpoint: str | Path, inputs: Sequence[str | Path], out: str |
 
     Writes ``OUT/overlays/<stem>.png`` (the film, then one panel per shown class: heatmap,
     boxes, name and probability), ``OUT/boxes.json`` (one record per box, in the original
-    film's pixels), ``OUT/maps/<stem>__<Class>.npy`` with ``save_maps`` (float32 [H, W] in
-    [0, 1], the film's size), and ``OUT/failed.txt`` listing unreadable inputs with their
-    reasons (the others are processed). Returns a summary: images, boxes, failed, out,
-    method. An unknown method, or one that does not apply, fails before any film is read.
+    film's pixels, in input order), ``OUT/maps/<stem>__<Class>.npy`` with ``save_maps``
+    (float32 [H, W] in [0, 1], the film's size), and ``OUT/failed.txt`` listing unreadable
+    inputs with their reasons (the others are processed). ``<stem>`` is the file's stem,
+    with ``-2``, ``-3`` … for a name met again in another folder
+    (:func:`wsloc.engine.stream.unique_stems`). The records are streamed to
+    ``OUT/boxes.jsonl`` as films finish, and ``OUT/run.json`` records the checkpoint's hash
+    and the settings: see :mod:`wsloc.engine.stream` for the layout, ``resume`` and
+    ``shard``. An unknown method, or one that does not apply, fails before any film is read.
+
+    Args:
+        resume: continue the run in OUT: films already done are skipped (matched by path,
+            size and mtime), the rest processed; the outputs are then those of an
+            uninterrupted run. Without it OUT must be new or empty.
+        shard: ``"I/N"``: only the films whose index in the input list is I modulo N, into
+            ``OUT/shards/I-of-N/``; ``wsloc merge OUT`` joins the N shards. Under torchrun
+            each rank takes its own shard and rank 0 merges.
+        workers: DataLoader processes reading and resizing films (None: a default from the
+            core count; 0: in this process).
+        on_film: called once per finished film with a
+            :class:`wsloc.engine.stream.FilmResult` (source, shape, records, heatmaps), in
+            a writer thread, before the film counts as done.
+        settings: further settings that change the outputs (recorded in run.json).
+
+    Returns:
+        A summary: images, boxes, failed, out, method (for a shard of a larger run: its
+        own, with ``shard``).
     """
     from wsloc.data.transforms import build_transform
     from wsloc.engine.localize import Localizer
-    from wsloc.report import overlay_png
+    from wsloc.engine.stream import FilmStream
 
-    files, out, model, cfg, classes = open_user_run(checkpoint, inputs, out, batch_size, device)
+    files, unreadable, model, cfg, classes, digest, d = open_user_run(
+        checkpoint, inputs, batch_size, device)
     if cfg["model"].get("name", "chestxray8") != "chestxray8":
         raise ValueError(f"{checkpoint}: `wsloc heatmap` takes a ChestX-ray8 checkpoint, got "
                          f"model {cfg['model']['name']!r}")
     size = cfg["data"]["image_size"]
     transform = build_transform("eval", size)
+    keep_maps = overlays or save_maps or on_film is not None
     localizer = Localizer(model, classes, (size, size), thresholds, min_probability,
-                          all_classes, keep_maps=overlays or save_maps,
+                          all_classes, keep_maps=keep_maps,
                           channels_last=cfg["train"]["channels_last"], method=method)
-    out.mkdir(parents=True, exist_ok=True)
+    record = {"checkpoint_sha256": digest, "method": method_name(method),
+              "thresholds": [int(t) for t in thresholds],
+              "min_probability": float(min_probability), "all_classes": bool(all_classes),
+              "overlays": bool(overlays), "save_maps": bool(save_maps), **(settings or {})}
+    dirs = (("overlays",) if overlays else ()) + (("maps",) if save_maps else ())
+    stream = FilmStream("heatmap", out, files, unreadable, record, batch_size, transform, d,
+                        resume=resume, shard=shard, workers=workers,
+                        keep_film=overlays or on_film is not None, dirs=dirs,
+                        progress=progress)
+    out = stream.out
+    for films, x in stream:
+        results = localizer(x, [f.shape for f in films], [f.name for f in films])
+        for film, loc in zip(films, results):
+            if not keep_maps:
+                stream.put(film, records=loc.boxes)
+                continue
+            stream.put(film, partial(_heatmap_outputs, out, film, loc, overlays, save_maps,
+                                     on_film, stream.tag))
+    summary = stream.finish()
+    summary.pop("masks", None)
+    return summary
+
+
+def _heatmap_outputs(out: Path, film, loc, overlays: bool, save_maps: bool, on_film,
+                     tag: str) -> tuple[list[dict], dict]:
+    """One film's files (in a writer thread): its overlay and maps, each written whole."""
+    from wsloc.engine.rundir import replacing
+    from wsloc.report import overlay_png
+
     if overlays:
-        (out / "overlays").mkdir()
+        with replacing(out / "overlays" / f"{film.stem}.png", tag) as tmp:
+            overlay_png(tmp, film.film, loc)
     if save_maps:
-        (out / "maps").mkdir()
-    stems = _unique_stems(files)
-    boxes: list[dict] = []
-    failed: list[tuple[Path, str]] = []
-    for keep, films, x in film_batches(files, batch_size, transform, failed, "heatmap",
-                                       progress):
-        results = localizer(x, [f.shape for f in films], [files[i].name for i in keep])
-        for film, i, loc in zip(films, keep, results):
-            boxes.extend(loc.boxes)
-            if overlays:
-                overlay_png(out / "overlays" / f"{stems[i]}.png", film, loc)
-            if save_maps:
-                for label, heat in zip(loc.shown, loc.heatmaps):
-                    np.save(out / "maps" / f"{stems[i]}__{label}.npy", heat.astype(np.float32))
-    (out / "boxes.json").write_text(json.dumps(boxes, indent=1) + "\n")
-    if failed:
-        (out / "failed.txt").write_text("".join(f"{p}\t{why}\n" for p, why in failed))
-    return {"images": len(files) - len(failed), "boxes": len(boxes),
-            "failed": [(str(p), why) for p, why in failed], "out": str(out), "method": method}
+        for label, heat in zip(loc.shown, loc.heatmaps if loc.heatmaps is not None else []):
+            with replacing(out / "maps" / f"{film.stem}__{label}.npy", tag) as tmp:
+                np.save(tmp, heat.astype(np.float32))
+    if on_film is not None:
+        from wsloc.engine.stream import FilmResult
+
+        heat = loc.heatmaps if loc.heatmaps is not None else []
+        on_film(FilmResult(film.path, film.stem, film.shape, loc.boxes,
+                           heatmaps=dict(zip(loc.shown, heat)), film=film.film))
+    return loc.boxes, {}

@@ -8,12 +8,14 @@ continues that run, and one with a different record is refused, naming each diff
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["RunMismatch", "claim", "write_atomic", "write_json_atomic", "differences"]
+__all__ = ["RunMismatch", "claim", "write_atomic", "write_json_atomic", "differences",
+           "replacing", "remove_temps", "TEMP_MARK"]
 
 RECORD = "run.json"
 
@@ -37,6 +39,47 @@ def write_atomic(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+TEMP_MARK = ".wsloc-tmp"
+
+
+@contextlib.contextmanager
+def replacing(path: str | Path, tag: str = ""):
+    """Write a file whole or not at all, by any writer that takes a path (``cv2.imwrite``,
+    ``np.save``): yields a temporary path beside ``path`` — hidden, with the same suffix so
+    that writers choosing a format by it still do — and renames it onto ``path`` when the
+    block ends without an error (removing it when it raises). A process killed inside the
+    block leaves only the temporary file, which :func:`remove_temps` clears.
+
+    ``tag`` goes into the temporary name, so that concurrent writers of different files
+    (shards) clear only their own leftovers.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{tag}{TEMP_MARK}{path.suffix}")
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise OSError(f"cannot write {path}: the writer wrote nothing")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_temps(folder: str | Path, tag: str | None = None) -> int:
+    """Remove what :func:`replacing` left in ``folder`` from killed writers: those of
+    ``tag`` only, or of every tag when it is None. Returns how many were removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    n = 0
+    for p in folder.iterdir():
+        if p.name.startswith(".") and (f".{tag}{TEMP_MARK}" if tag is not None
+                                       else TEMP_MARK) in p.name:
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 def _read_umask() -> int:

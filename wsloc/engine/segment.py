@@ -7,8 +7,8 @@ so the two methods are compared with one tool.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +124,9 @@ def run_segment(checkpoint: str | Path, inputs: Sequence[str | Path], out: str |
                 batch_size: int = 16, min_probability: float = 0.5, cam_threshold: int = 60,
                 n_segments: int = SLIC_SEGMENTS, compactness: float = SLIC_COMPACTNESS,
                 sigma: float = SLIC_SIGMA, device: str = "auto", overlays: bool = True,
-                progress: bool = True) -> dict:
+                progress: bool = True, resume: bool = False, shard: str | None = None,
+                workers: int | None = None, on_film=None, settings: dict | None = None
+                ) -> dict:
     """Masks for every input film (PNG/JPEG/DICOM files or folders).
 
     Writes ``OUT/masks/<stem>__<Finding>.png`` (0/255, the film's size, the synthetic set's
@@ -132,57 +134,80 @@ def run_segment(checkpoint: str | Path, inputs: Sequence[str | Path], out: str |
     ``OUT/boxes.json`` (one record per mask region, ``wsloc heatmap``'s format; score = the
     region's share of the film) and ``OUT/failed.txt`` listing unreadable inputs with their
     reasons. A pixel checkpoint's masks are its full pipeline; a ChestX-ray8 checkpoint's,
-    its CAMs above ``cam_threshold``. Returns a summary: images, masks, failed.
+    its CAMs above ``cam_threshold``. Streamed, resumable and sharded as
+    :func:`wsloc.engine.heatmap.run_heatmap` (``resume``, ``shard``, ``workers``, the
+    layout in :mod:`wsloc.engine.stream`); ``on_film`` receives each film's masks. Returns
+    a summary: images, masks, boxes, failed, out, method.
     """
-    import cv2
-
     from wsloc.data.transforms import build_transform
-    from wsloc.engine.heatmap import _unique_stems, film_batches, open_user_run
-    from wsloc.report import mask_overlay_png
+    from wsloc.engine.heatmap import open_user_run
+    from wsloc.engine.stream import FilmStream
 
     if not 0 <= cam_threshold < 255:
         raise ValueError(f"--cam-threshold must be in [0, 255), got {cam_threshold}")
-    files, out, model, cfg, classes = open_user_run(checkpoint, inputs, out, batch_size, device)
+    files, unreadable, model, cfg, classes, digest, d = open_user_run(
+        checkpoint, inputs, batch_size, device)
     kind = model_kind(cfg)
     size = cfg["data"]["image_size"]
     seg = Segmenter(model, classes, (size, size), kind, min_probability, (cam_threshold,),
                     n_segments, compactness, sigma, cfg["train"]["channels_last"])
     final = seg.stages[-1]
     transform = build_transform("eval", size)
-    for sub in ("masks", "overlays") if overlays else ("masks",):
-        (out / sub).mkdir(parents=True)
-    stems = _unique_stems(files)
-    boxes: list[dict] = []
-    failed: list[tuple[Path, str]] = []
-    n_masks = 0
-    for keep, films, x in film_batches(files, batch_size, transform, failed, "segment",
-                                       progress):
+    record = {"checkpoint_sha256": digest, "method": final,
+              "min_probability": float(min_probability)}
+    if kind == "chestxray8":
+        record["cam_threshold"] = int(cam_threshold)
+    else:
+        record.update(superpixels=int(n_segments), compactness=float(compactness),
+                      slic_sigma=float(sigma))
+    record.update(overlays=bool(overlays), **(settings or {}))
+    stream = FilmStream("segment", out, files, unreadable, record, batch_size, transform, d,
+                        resume=resume, shard=shard, workers=workers, keep_film=True,
+                        dirs=("masks", "overlays") if overlays else ("masks",),
+                        progress=progress)
+    for films, x in stream:
         probs, planes = seg.forward(x)
-        for j, (film, i) in enumerate(zip(films, keep)):
-            masks = seg.masks(film, probs[j], planes[j], [final])[final]
-            shown = []
-            for c, label in enumerate(classes):
-                if probs[j, c] < min_probability or not masks[c].any():
-                    continue
-                cv2.imwrite(str(out / "masks" / f"{stems[i]}__{label}.png"),
-                            masks[c].astype(np.uint8) * 255)
-                n_masks += 1
-                shown.append((label, float(probs[j, c]), masks[c]))
-                for x1, y1, x2, y2 in mask_boxes(masks[c]):
-                    area = float(masks[c][y1:y2, x1:x2].sum()) / masks[c].size
-                    boxes.append({"image": files[i].name, "class": label,
-                                  "probability": round(float(probs[j, c]), 6),
-                                  "x1": float(x1), "y1": float(y1), "x2": float(x2),
-                                  "y2": float(y2), "score": round(area, 6),
-                                  "width": int(film.shape[1]), "height": int(film.shape[0])})
-            if overlays:
-                mask_overlay_png(out / "overlays" / f"{stems[i]}.png", film, files[i].name,
-                                 shown)
-    (out / "boxes.json").write_text(json.dumps(boxes, indent=1) + "\n")
-    if failed:
-        (out / "failed.txt").write_text("".join(f"{p}\t{why}\n" for p, why in failed))
-    return {"images": len(files) - len(failed), "masks": n_masks, "boxes": len(boxes),
-            "failed": [(str(p), why) for p, why in failed], "out": str(out), "method": final}
+        for j, film in enumerate(films):
+            stream.put(film, partial(_segment_outputs, stream.out, seg, film, probs[j],
+                                     planes[j], overlays, on_film, stream.tag))
+    return stream.finish()
+
+
+def _segment_outputs(out: Path, seg: Segmenter, film, probs: Tensor, planes: Tensor,
+                     overlays: bool, on_film, tag: str) -> tuple[list[dict], dict]:
+    """One film's masks (in a writer thread: the smoothing prior is the costly part), its
+    mask files and overlay, each written whole; its records."""
+    import cv2
+
+    from wsloc.engine.rundir import replacing
+    from wsloc.report import mask_overlay_png
+
+    final = seg.stages[-1]
+    masks = seg.masks(film.film, probs, planes, [final])[final]
+    shown, boxes = [], []
+    for c, label in enumerate(seg.classes):
+        if probs[c] < seg.min_probability or not masks[c].any():
+            continue
+        with replacing(out / "masks" / f"{film.stem}__{label}.png", tag) as tmp:
+            if not cv2.imwrite(str(tmp), masks[c].astype(np.uint8) * 255):
+                raise OSError(f"cannot write {tmp}")
+        shown.append((label, float(probs[c]), masks[c]))
+        for x1, y1, x2, y2 in mask_boxes(masks[c]):
+            area = float(masks[c][y1:y2, x1:x2].sum()) / masks[c].size
+            boxes.append({"image": film.name, "class": label,
+                          "probability": round(float(probs[c]), 6),
+                          "x1": float(x1), "y1": float(y1), "x2": float(x2),
+                          "y2": float(y2), "score": round(area, 6),
+                          "width": int(film.shape[1]), "height": int(film.shape[0])})
+    if overlays:
+        with replacing(out / "overlays" / f"{film.stem}.png", tag) as tmp:
+            mask_overlay_png(tmp, film.film, film.name, shown)
+    if on_film is not None:
+        from wsloc.engine.stream import FilmResult
+
+        on_film(FilmResult(film.path, film.stem, film.shape, boxes,
+                           masks={label: m for label, _, m in shown}, film=film.film))
+    return boxes, {"masks": len(shown)}
 
 
 def _truth_from_masks(mask_dir: Path, name: str, classes, shape) -> np.ndarray:
