@@ -315,3 +315,23 @@ def test_flip_pipeline_mirrors_half_the_films_and_their_boxes():
         sides[name] = sum(right)
     assert sides["train"] == 0  # a small affine never carries the square across
     assert 15 <= sides["train_flip"] <= 45  # p = 0.5 of 60 draws
+
+
+def test_flip_hv_pipeline_turns_half_the_films_upside_down_with_their_boxes():
+    image = np.zeros((128, 128), np.float32)
+    image[10:30, 10:30] = 1.0  # a bright square in the top-left corner, boxed
+    box = [(10.0, 10.0, 30.0, 30.0)]
+    pipe = build_transform("train_flip_hv", 64)
+    pipe.set_random_seed(0)
+    below, right = 0, 0
+    for _ in range(80):
+        out = pipe(image=image, bboxes=box, box_labels=[0])
+        x1, y1, x2, y2 = out["bboxes"][0]
+        rows = np.nonzero(out["image"].max(1) > 0.5)[0]
+        cols = np.nonzero(out["image"].max(0) > 0.5)[0]
+        # the box follows the film on both axes
+        assert ((y1 + y2) / 2 > 32) == (rows.mean() > 32)
+        assert ((x1 + x2) / 2 > 32) == (cols.mean() > 32)
+        below += (y1 + y2) / 2 > 32
+        right += (x1 + x2) / 2 > 32
+    assert 20 <= below <= 60 and 20 <= right <= 60  # p = 0.5 each, of 80 draws

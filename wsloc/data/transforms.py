@@ -27,9 +27,9 @@ def _eval(size: int):
     return A.Compose([A.Resize(size, size, interpolation=3)], bbox_params=_bbox_params())
 
 
-def _train(size: int, flip: bool = False, hide: bool = False):
+def _train(size: int, flip: bool = False, hide: bool = False, vflip: bool = False):
     """Resize, a small affine, brightness/contrast; ``flip`` adds a horizontal flip after
-    the resize, ``hide`` random erasing at the end."""
+    the resize, ``vflip`` a vertical one too, ``hide`` random erasing at the end."""
     import albumentations as A
 
     steps = [
@@ -41,6 +41,8 @@ def _train(size: int, flip: bool = False, hide: bool = False):
     if flip:  # mirrors the heart's side, so the NIH configs leave it off; the demo uses it
         # (without it, its heatmaps' peaks settle a few pixels to one side of each finding)
         steps.insert(1, A.HorizontalFlip(p=0.5))
+    if vflip:  # upside-down films exist in no clinic: a regulariser for the phantoms only
+        steps.insert(1, A.VerticalFlip(p=0.5))
     if hide:
         # Hide-and-seek (Singh & Lee, ICCV 2017) by random erasing: patches of the film are
         # hidden behind the films' mean grey, so the most telling part of a finding is
@@ -77,6 +79,7 @@ PIPELINES: dict[str, Callable] = {
     "eval": _eval, "train": _train,
     "train_flip": lambda size: _train(size, flip=True),
     "train_hide": lambda size: _train(size, hide=True),
+    "train_flip_hv": lambda size: _train(size, flip=True, vflip=True),
 }
 
 
