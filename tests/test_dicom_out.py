@@ -379,6 +379,32 @@ def test_uids_follow_the_result(film):
     assert algorithm.AlgorithmParameters == "checkpoint=abc123"
 
 
+def test_the_same_result_is_the_same_bytes_whenever_written(tmp_path):
+    """No clock and no random UID in the files: written again a moment later (as a resumed
+    run rewrites a film; highdicom's clock stamps carry microseconds), byte for byte the
+    same; the dates are the film's own."""
+    path = make_film(tmp_path / "film.dcm", ContentDate="20250102", ContentTime="030405")
+    first = {k: p.read_bytes() for k, p in write_dicom_outputs(
+        path, tmp_path / "a", some_masks(ROWS, COLS), some_boxes(ROWS, COLS)).items()}
+    again = write_dicom_outputs(path, tmp_path / "b", some_masks(ROWS, COLS),
+                                some_boxes(ROWS, COLS))
+    for kind, p in again.items():
+        assert p.read_bytes() == first[kind], kind
+        ds = pydicom.dcmread(p)
+        assert (ds.ContentDate, ds.ContentTime) == ("20250102", "030405")
+        assert "InstanceCreationDate" not in ds and "InstanceCreationTime" not in ds
+        assert all("ContributionDateTime" not in item
+                   for item in ds.get("ContributingEquipmentSequence", []))
+    seg = pydicom.dcmread(again["seg"])
+    uid = seg.DimensionOrganizationSequence[0].DimensionOrganizationUID
+    assert uid.startswith("2.25.") and seg.DimensionIndexSequence[0].DimensionOrganizationUID \
+        == uid
+    # a film without a content date takes the next it has: its study's (make_film's)
+    plain = make_film(tmp_path / "plain.dcm")
+    ds = segmentation(pydicom.dcmread(plain, stop_before_pixels=True), some_masks(ROWS, COLS))
+    assert (ds.ContentDate, ds.ContentTime) == ("20260101", "120000")
+
+
 # --- write_dicom_outputs ------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["chest.png", "chest.JPG", "chest.jpeg"])

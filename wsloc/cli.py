@@ -75,7 +75,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _stream_options(args: argparse.Namespace) -> dict:
     return {"batch_size": args.batch_size, "min_probability": args.min_probability,
             "device": args.device, "overlays": not args.no_overlays, "resume": args.resume,
-            "shard": args.shard, "workers": args.workers}
+            "shard": args.shard, "workers": args.workers, "dicom_out": args.dicom_out,
+            "strict_dicom": args.strict_dicom}
 
 
 def _heatmap(args: argparse.Namespace) -> int:
@@ -85,8 +86,20 @@ def _heatmap(args: argparse.Namespace) -> int:
                           save_maps=args.save_maps, thresholds=args.thresholds,
                           method=args.method, **_stream_options(args))
     print(f"{_where(summary)}{summary['images']} film(s), {summary['boxes']} box(es) "
-          f"({args.method}): {_written(summary, args.out, 'overlays/')}")
+          f"({args.method}): {_written(summary, args.out, *_dirs(args, 'overlays/'))}")
+    _warned(summary, args.out)
     return _failures(summary, args.out)
+
+
+def _dirs(args: argparse.Namespace, *dirs: str) -> list[str]:
+    return [*dirs, *(["dicom/"] if args.dicom_out else [])]
+
+
+def _warned(summary: dict, out: str) -> None:
+    """Say how many films carry warnings, and where they are listed."""
+    n = summary.get("warned", 0)
+    if n and "shard" not in summary:
+        print(f"{n} film(s) with warnings (listed in {out}/warnings.txt)", file=sys.stderr)
 
 
 def _where(summary: dict) -> str:
@@ -129,7 +142,9 @@ def _segment(args: argparse.Namespace) -> int:
                           compactness=args.compactness, sigma=args.slic_sigma,
                           **_stream_options(args))
     print(f"{_where(summary)}{summary['images']} film(s), {summary['masks']} mask(s) "
-          f"({summary['method']}): {_written(summary, args.out, 'masks/', 'overlays/')}")
+          f"({summary['method']}): "
+          f"{_written(summary, args.out, *_dirs(args, 'masks/', 'overlays/'))}")
+    _warned(summary, args.out)
     return _failures(summary, args.out)
 
 
@@ -139,6 +154,7 @@ def _merge(args: argparse.Namespace) -> int:
     summary = merge(args.outs)
     print(f"{summary['images']} film(s), {summary['boxes']} box(es) ({summary['method']}): "
           f"{args.outs[0]}/boxes.json")
+    _warned(summary, args.outs[0])
     return _failures(summary, args.outs[0])
 
 
@@ -358,6 +374,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only the films whose index is I modulo N, into "
                             "OUT/shards/I-of-N/ (e.g. $SLURM_ARRAY_TASK_ID/N); then "
                             "wsloc merge OUT. Under torchrun each rank takes its own")
+    films.add_argument("--dicom-out", action="store_true",
+                       help="per film, in OUT/dicom/, a DICOM Segmentation (segment: its "
+                            "masks; heatmap: each shown class's heatmap above the lowest "
+                            "--thresholds value, 60/255 by default) and a Structured Report "
+                            "of its boxes, both referencing the film (every input must be "
+                            "DICOM; see docs/dicom.md)")
+    films.add_argument("--strict-dicom", action="store_true",
+                       help="skip, as a listed failure, a DICOM whose header says it is not "
+                            "a chest radiograph (Modality not CR/DX, Body Part Examined not "
+                            "chest); without it such a film is processed with a warning")
 
     p_heat = sub.add_parser(
         "heatmap", parents=[films],

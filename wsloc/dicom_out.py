@@ -319,7 +319,53 @@ def segmentation(source, masks: Mapping[str, np.ndarray], *,
     except (ValueError, AttributeError, TypeError) as err:
         raise ValueError(f"{_name(source)}: highdicom cannot build a Segmentation on this "
                          f"film: {err}") from err
-    return seg
+    return _settled(seg, source)
+
+
+# the film's own date and time, in this order of preference: when its pixels were made, then
+# acquired, then its series and its study (PS3.3 C.7.6.1, C.7.3.1, C.7.2.1)
+_FILM_TIMES = (("ContentDate", "ContentTime"), ("AcquisitionDate", "AcquisitionTime"),
+               ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime"))
+
+
+def _film_time(source) -> tuple[str, str] | None:
+    """(date, time) of the film: the first pair of :data:`_FILM_TIMES` it has both of."""
+    for date, time in _FILM_TIMES:
+        d, t = str(source.get(date, "") or "").strip(), str(source.get(time, "") or "").strip()
+        if d and t:
+            return d, t
+    return None
+
+
+def _settled(dataset, source):
+    """The object made deterministic: what highdicom stamps with the clock or draws at random
+    replaced by what follows from the film and the result, so that the same result on the
+    same film is the same object, byte for byte, whenever it is made (a resumed run rewrites
+    a film's files unchanged; its UIDs already follow the result).
+
+    - Content Date/Time (type 1): the film's own (:func:`_film_time`: its content, else
+      acquisition, series or study date and time); a film with none of them keeps the time
+      of writing, the one case where two writes differ.
+    - Instance Creation Date/Time and each Contribution DateTime (type 3, the moment of
+      writing): left out.
+    - a SEG's Dimension Organization UID (highdicom: random): derived from its SOP Instance
+      UID.
+    """
+    when = _film_time(source)
+    if when is not None:
+        dataset.ContentDate, dataset.ContentTime = when
+    for keyword in ("InstanceCreationDate", "InstanceCreationTime"):
+        if keyword in dataset:
+            delattr(dataset, keyword)
+    for item in dataset.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            del item.ContributionDateTime
+    organization = _uid(None, dataset.SOPInstanceUID, "dimension organization")
+    for keyword in ("DimensionOrganizationSequence", "DimensionIndexSequence"):
+        for item in dataset.get(keyword, []):
+            if "DimensionOrganizationUID" in item:
+                item.DimensionOrganizationUID = organization
+    return dataset
 
 
 def _check_box(box: Mapping, k: int, rows: int, cols: int, where: str):
@@ -453,7 +499,7 @@ def box_report(source, boxes: Sequence[Mapping], *,
             is_complete=True, series_description=series_description[:64])
     except (ValueError, AttributeError, TypeError) as err:
         raise ValueError(f"{where}: highdicom cannot build an SR on this film: {err}") from err
-    return sr
+    return _settled(sr, source)
 
 
 def _save_atomically(dataset, path: Path) -> Path:

@@ -224,14 +224,19 @@ class _Panels:
         self.font_scale = max(0.35, self.size[0] / 700)
         self.panels: list[np.ndarray] = []
 
-    def add(self, panel: np.ndarray, text: str) -> None:
+    def add(self, panel: np.ndarray, text: str, notes: Sequence[str] = ()) -> None:
+        """A panel with its caption (white on black, top left) and, below it, each of
+        ``notes`` on a line of its own in yellow: warnings a reader must not miss."""
         import cv2
 
         font = cv2.FONT_HERSHEY_SIMPLEX
-        (tw, th), base_line = cv2.getTextSize(text, font, self.font_scale, 1)
-        cv2.rectangle(panel, (0, 0), (tw + 8, th + base_line + 8), (0, 0, 0), -1)
-        cv2.putText(panel, text, (4, th + 4), font, self.font_scale, (255, 255, 255), 1,
-                    cv2.LINE_AA)
+        top = 0
+        for line, color in [(text, (255, 255, 255)), *((n, (0, 255, 255)) for n in notes)]:
+            (tw, th), base_line = cv2.getTextSize(line, font, self.font_scale, 1)
+            cv2.rectangle(panel, (0, top), (tw + 8, top + th + base_line + 8), (0, 0, 0), -1)
+            cv2.putText(panel, line, (4, top + th + 4), font, self.font_scale, color, 1,
+                        cv2.LINE_AA)
+            top += th + base_line + 8
         self.panels.append(panel)
 
     def write(self, path: str | Path) -> None:
@@ -245,15 +250,19 @@ class _Panels:
             raise OSError(f"cannot write {path}")
 
 
-def overlay_png(path: str | Path, film: np.ndarray, loc, max_side: int = 384) -> None:
+def overlay_png(path: str | Path, film: np.ndarray, loc, max_side: int = 384,
+                notes: Sequence[str] = ()) -> None:
     """One PNG a person reads at a glance: the film, then one panel per shown class with
     its heatmap (JET, blended by heat), its boxes (thin: threshold 60, thick: the higher
     thresholds), its name and probability. ``loc`` is a
-    :class:`wsloc.engine.localize.Localization` with heatmaps kept."""
+    :class:`wsloc.engine.localize.Localization` with heatmaps kept. ``notes``: short
+    warnings written under the film's caption, one a line (e.g. ``OUT OF DOMAIN:
+    synthetic-trained model``)."""
     import cv2
 
     out = _Panels(film, max_side)
-    out.add(out.base.copy(), loc.image if loc.shown else f"{loc.image}: no finding shown")
+    out.add(out.base.copy(), loc.image if loc.shown else f"{loc.image}: no finding shown",
+            notes)
     lowest = min((b["threshold"] for b in loc.boxes), default=None)
     for j, label in enumerate(loc.shown):
         heat = cv2.resize(loc.heatmaps[j], out.size, interpolation=cv2.INTER_LINEAR)
@@ -274,13 +283,15 @@ def overlay_png(path: str | Path, film: np.ndarray, loc, max_side: int = 384) ->
 
 
 def mask_overlay_png(path: str | Path, film: np.ndarray, name: str,
-                     shown: list[tuple[str, float, np.ndarray]], max_side: int = 384) -> None:
+                     shown: list[tuple[str, float, np.ndarray]], max_side: int = 384,
+                     notes: Sequence[str] = ()) -> None:
     """The film, then one panel per finding: its mask filled in red with a yellow outline,
-    its name and probability. ``shown``: (finding, probability, boolean mask [H, W])."""
+    its name and probability. ``shown``: (finding, probability, boolean mask [H, W]).
+    ``notes``: as for :func:`overlay_png`."""
     import cv2
 
     out = _Panels(film, max_side)
-    out.add(out.base.copy(), name if shown else f"{name}: no finding")
+    out.add(out.base.copy(), name if shown else f"{name}: no finding", notes)
     for label, p, mask in shown:
         m = cv2.resize(mask.astype(np.uint8), out.size, interpolation=cv2.INTER_NEAREST)
         panel = out.base.copy()

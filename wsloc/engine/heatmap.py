@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from wsloc.boxes import PAPER_THRESHOLDS
 
-__all__ = ["collect_inputs", "open_user_run", "run_heatmap", "IMAGE_SUFFIXES"]
+__all__ = ["collect_inputs", "open_user_run", "UserRun", "run_heatmap", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic"}
 
@@ -88,21 +89,42 @@ def _walk(root: Path, problems: dict[str, str]):
             yield Path(folder, name)
 
 
-def open_user_run(checkpoint, inputs: Sequence[str | Path], batch_size: int, device: str):
+class UserRun(NamedTuple):
+    """What :func:`open_user_run` returns."""
+
+    files: list[Path]
+    unreadable: dict[str, str]
+    model: object
+    cfg: dict
+    classes: list[str]
+    digest: str  # the checkpoint's sha256
+    dist: object  # wsloc.engine.distributed.Dist
+    domain: dict  # what the model was trained on (wsloc.engine.domain.checkpoint_domain)
+
+
+def open_user_run(checkpoint, inputs: Sequence[str | Path], batch_size: int, device: str,
+                  dicom_out: bool = False) -> UserRun:
     """What `wsloc heatmap` and `wsloc segment` start with: the arguments checked, the input
-    files found (with those that cannot be walked, and why), the trained model on its
-    device. Returns (files, unreadable, model, cfg, classes, ckpt_sha256, dist)."""
+    files found (with those that cannot be walked, and why), with ``dicom_out`` every one
+    of them a DICOM (:func:`wsloc.engine.dicom_run.require_dicom`, before the model is
+    loaded), the trained model on its device and the domain it was trained on."""
     from wsloc.engine.common import load_trained
     from wsloc.engine.distributed import setup
+    from wsloc.engine.domain import checkpoint_domain
     from wsloc.engine.stream import checkpoint_sha256
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"--batch-size must be a positive int, got {batch_size!r}")
     unreadable: dict[str, str] = {}
     files = collect_inputs(inputs, unreadable)
+    if dicom_out:
+        from wsloc.engine.dicom_run import require_dicom
+
+        require_dicom(files, unreadable)
     d = setup(device)
-    model, cfg, classes, _ = load_trained(checkpoint, d.device)
-    return files, unreadable, model, cfg, classes, checkpoint_sha256(checkpoint), d
+    model, cfg, classes, ckpt = load_trained(checkpoint, d.device)
+    return UserRun(files, unreadable, model, cfg, classes, checkpoint_sha256(checkpoint), d,
+                   checkpoint_domain(ckpt))
 
 
 def _unique_stems(paths: Sequence[Path]) -> list[str]:
@@ -124,8 +146,8 @@ def run_heatmap(checkpoint: str | Path, inputs: Sequence[str | Path], out: str |
                 save_maps: bool = False, thresholds: Sequence[int] = PAPER_THRESHOLDS,
                 device: str = "auto", overlays: bool = True, progress: bool = True,
                 method: str = "cam", resume: bool = False, shard: str | None = None,
-                workers: int | None = None, on_film=None, settings: dict | None = None
-                ) -> dict:
+                workers: int | None = None, on_film=None, settings: dict | None = None,
+                dicom_out: bool = False, strict_dicom: bool = False) -> dict:
     """Localize every input film with a trained ChestX-ray8 checkpoint, by the heatmap
     ``method`` (a name of :data:`wsloc.cam.METHODS`, a user's ``package.module:func`` or a
     name registered under the entry-point group ``wsloc.cam_methods``; see
@@ -142,6 +164,13 @@ def run_heatmap(checkpoint: str | Path, inputs: Sequence[str | Path], out: str |
     and the settings: see :mod:`wsloc.engine.stream` for the layout, ``resume`` and
     ``shard``. An unknown method, or one that does not apply, fails before any film is read.
 
+    A model applied to films outside the domain it was trained on (a synthetic-trained model
+    on real films, or the other way round) warns once (``warnings.warn``, counting the
+    films; in the summary's ``warnings``), and each such film says so in its done record,
+    ``OUT/warnings.txt`` and its overlay's caption. So does a DICOM whose header says it is
+    not a chest radiograph (:func:`wsloc.dicom_out.dicom_domain_check`), unless
+    ``strict_dicom`` skips it.
+
     Args:
         resume: continue the run in OUT: films already done are skipped (matched by path,
             size and mtime), the rest processed; the outputs are then those of an
@@ -155,36 +184,53 @@ def run_heatmap(checkpoint: str | Path, inputs: Sequence[str | Path], out: str |
             :class:`wsloc.engine.stream.FilmResult` (source, shape, records, heatmaps), in
             a writer thread, before the film counts as done.
         settings: further settings that change the outputs (recorded in run.json).
+        dicom_out: every input must be a DICOM (else a ValueError before any film is read);
+            per film, ``OUT/dicom/<stem>.seg.dcm`` (each shown class's heatmap above the
+            lowest of ``thresholds``) and ``<stem>.sr.dcm`` (its boxes):
+            :mod:`wsloc.engine.dicom_run`.
+        strict_dicom: a DICOM whose header says it is not a chest radiograph is skipped, a
+            listed failure with that reason.
 
     Returns:
-        A summary: images, boxes, failed, out, method (for a shard of a larger run: its
-        own, with ``shard``).
+        A summary: images, boxes, failed, warned (films with warnings), warnings (the run's
+        own: the domain), out, method (for a shard of a larger run: its own, with
+        ``shard``).
     """
     from wsloc.data.transforms import build_transform
     from wsloc.engine.localize import Localizer
     from wsloc.engine.stream import FilmStream
 
-    files, unreadable, model, cfg, classes, digest, d = open_user_run(
-        checkpoint, inputs, batch_size, device)
+    files, unreadable, model, cfg, classes, digest, d, domain = open_user_run(
+        checkpoint, inputs, batch_size, device, dicom_out)
     if cfg["model"].get("name", "chestxray8") != "chestxray8":
         raise ValueError(f"{checkpoint}: `wsloc heatmap` takes a ChestX-ray8 checkpoint, got "
                          f"model {cfg['model']['name']!r}")
     size = cfg["data"]["image_size"]
     transform = build_transform("eval", size)
-    keep_maps = overlays or save_maps or on_film is not None
+    keep_maps = overlays or save_maps or on_film is not None or dicom_out
     localizer = Localizer(model, classes, (size, size), thresholds, min_probability,
                           all_classes, keep_maps=keep_maps,
                           channels_last=cfg["train"]["channels_last"], method=method)
     record = {"checkpoint_sha256": digest, "method": method_name(method),
               "thresholds": [int(t) for t in thresholds],
               "min_probability": float(min_probability), "all_classes": bool(all_classes),
-              "overlays": bool(overlays), "save_maps": bool(save_maps), **(settings or {})}
-    dirs = (("overlays",) if overlays else ()) + (("maps",) if save_maps else ())
+              "overlays": bool(overlays), "save_maps": bool(save_maps),
+              **_dicom_settings(dicom_out, strict_dicom), **(settings or {})}
+    dirs = (("overlays",) if overlays else ()) + (("maps",) if save_maps else ()) + (
+        ("dicom",) if dicom_out else ())
     stream = FilmStream("heatmap", out, files, unreadable, record, batch_size, transform, d,
                         resume=resume, shard=shard, workers=workers,
                         keep_film=overlays or on_film is not None, dirs=dirs,
-                        progress=progress)
+                        progress=progress, domain=domain, keep_header=dicom_out,
+                        strict_dicom=strict_dicom)
     out = stream.out
+    if dicom_out:
+        from wsloc.engine.dicom_run import DicomOutputs
+
+        on_film = DicomOutputs(out, stream.tag, {"checkpoint_sha256": digest,
+                                                 "method": method_name(method)},
+                               heatmap_threshold=min(int(t) for t in thresholds),
+                               then=on_film)
     for films, x in stream:
         results = localizer(x, [f.shape for f in films], [f.name for f in films])
         for film, loc in zip(films, results):
@@ -198,23 +244,33 @@ def run_heatmap(checkpoint: str | Path, inputs: Sequence[str | Path], out: str |
     return summary
 
 
+def _dicom_settings(dicom_out: bool, strict_dicom: bool) -> dict:
+    """What run.json records of the DICOM options: each only when set, so that a run made
+    before they existed is continued as it was."""
+    return ({"dicom_out": True} if dicom_out else {}) | (
+        {"strict_dicom": True} if strict_dicom else {})
+
+
 def _heatmap_outputs(out: Path, film, loc, overlays: bool, save_maps: bool, on_film,
                      tag: str) -> tuple[list[dict], dict]:
-    """One film's files (in a writer thread): its overlay and maps, each written whole."""
+    """One film's files (in a writer thread): the callback first (it may fail the film:
+    :class:`wsloc.engine.stream.FilmFailed`), then its overlay and maps, each written
+    whole."""
     from wsloc.engine.rundir import replacing
     from wsloc.report import overlay_png
 
-    if overlays:
-        with replacing(out / "overlays" / f"{film.stem}.png", tag) as tmp:
-            overlay_png(tmp, film.film, loc)
-    if save_maps:
-        for label, heat in zip(loc.shown, loc.heatmaps if loc.heatmaps is not None else []):
-            with replacing(out / "maps" / f"{film.stem}__{label}.npy", tag) as tmp:
-                np.save(tmp, heat.astype(np.float32))
     if on_film is not None:
         from wsloc.engine.stream import FilmResult
 
         heat = loc.heatmaps if loc.heatmaps is not None else []
         on_film(FilmResult(film.path, film.stem, film.shape, loc.boxes,
-                           heatmaps=dict(zip(loc.shown, heat)), film=film.film))
+                           heatmaps=dict(zip(loc.shown, heat)), film=film.film,
+                           dicom=film.header, warnings=list(film.warnings)))
+    if overlays:
+        with replacing(out / "overlays" / f"{film.stem}.png", tag) as tmp:
+            overlay_png(tmp, film.film, loc, notes=film.notes)
+    if save_maps:
+        for label, heat in zip(loc.shown, loc.heatmaps if loc.heatmaps is not None else []):
+            with replacing(out / "maps" / f"{film.stem}__{label}.npy", tag) as tmp:
+                np.save(tmp, heat.astype(np.float32))
     return loc.boxes, {}

@@ -125,8 +125,8 @@ def run_segment(checkpoint: str | Path, inputs: Sequence[str | Path], out: str |
                 n_segments: int = SLIC_SEGMENTS, compactness: float = SLIC_COMPACTNESS,
                 sigma: float = SLIC_SIGMA, device: str = "auto", overlays: bool = True,
                 progress: bool = True, resume: bool = False, shard: str | None = None,
-                workers: int | None = None, on_film=None, settings: dict | None = None
-                ) -> dict:
+                workers: int | None = None, on_film=None, settings: dict | None = None,
+                dicom_out: bool = False, strict_dicom: bool = False) -> dict:
     """Masks for every input film (PNG/JPEG/DICOM files or folders).
 
     Writes ``OUT/masks/<stem>__<Finding>.png`` (0/255, the film's size, the synthetic set's
@@ -136,17 +136,20 @@ def run_segment(checkpoint: str | Path, inputs: Sequence[str | Path], out: str |
     reasons. A pixel checkpoint's masks are its full pipeline; a ChestX-ray8 checkpoint's,
     its CAMs above ``cam_threshold``. Streamed, resumable and sharded as
     :func:`wsloc.engine.heatmap.run_heatmap` (``resume``, ``shard``, ``workers``, the
-    layout in :mod:`wsloc.engine.stream`); ``on_film`` receives each film's masks. Returns
-    a summary: images, masks, boxes, failed, out, method.
+    layout in :mod:`wsloc.engine.stream`); ``on_film`` receives each film's masks.
+    ``dicom_out``: per DICOM film (every input must be one), ``OUT/dicom/<stem>.seg.dcm``
+    of its masks and ``<stem>.sr.dcm`` of its boxes (:mod:`wsloc.engine.dicom_run`);
+    ``strict_dicom`` and the out-of-domain warning as for ``run_heatmap``. Returns a
+    summary: images, masks, boxes, failed, warned, warnings, out, method.
     """
     from wsloc.data.transforms import build_transform
-    from wsloc.engine.heatmap import open_user_run
+    from wsloc.engine.heatmap import _dicom_settings, open_user_run
     from wsloc.engine.stream import FilmStream
 
     if not 0 <= cam_threshold < 255:
         raise ValueError(f"--cam-threshold must be in [0, 255), got {cam_threshold}")
-    files, unreadable, model, cfg, classes, digest, d = open_user_run(
-        checkpoint, inputs, batch_size, device)
+    files, unreadable, model, cfg, classes, digest, d, domain = open_user_run(
+        checkpoint, inputs, batch_size, device, dicom_out)
     kind = model_kind(cfg)
     size = cfg["data"]["image_size"]
     seg = Segmenter(model, classes, (size, size), kind, min_probability, (cam_threshold,),
@@ -160,11 +163,18 @@ def run_segment(checkpoint: str | Path, inputs: Sequence[str | Path], out: str |
     else:
         record.update(superpixels=int(n_segments), compactness=float(compactness),
                       slic_sigma=float(sigma))
-    record.update(overlays=bool(overlays), **(settings or {}))
+    record.update(overlays=bool(overlays), **_dicom_settings(dicom_out, strict_dicom),
+                  **(settings or {}))
+    dirs = ("masks",) + (("overlays",) if overlays else ()) + (("dicom",) if dicom_out else ())
     stream = FilmStream("segment", out, files, unreadable, record, batch_size, transform, d,
                         resume=resume, shard=shard, workers=workers, keep_film=True,
-                        dirs=("masks", "overlays") if overlays else ("masks",),
-                        progress=progress)
+                        dirs=dirs, progress=progress, domain=domain, keep_header=dicom_out,
+                        strict_dicom=strict_dicom)
+    if dicom_out:
+        from wsloc.engine.dicom_run import DicomOutputs
+
+        on_film = DicomOutputs(stream.out, stream.tag, {"checkpoint_sha256": digest,
+                                                        "method": final}, then=on_film)
     for films, x in stream:
         probs, planes = seg.forward(x)
         for j, film in enumerate(films):
@@ -175,7 +185,8 @@ def run_segment(checkpoint: str | Path, inputs: Sequence[str | Path], out: str |
 
 def _segment_outputs(out: Path, seg: Segmenter, film, probs: Tensor, planes: Tensor,
                      overlays: bool, on_film, tag: str) -> tuple[list[dict], dict]:
-    """One film's masks (in a writer thread: the smoothing prior is the costly part), its
+    """One film's masks (in a writer thread: the smoothing prior is the costly part), the
+    callback (which may fail the film: :class:`wsloc.engine.stream.FilmFailed`), then its
     mask files and overlay, each written whole; its records."""
     import cv2
 
@@ -188,9 +199,6 @@ def _segment_outputs(out: Path, seg: Segmenter, film, probs: Tensor, planes: Ten
     for c, label in enumerate(seg.classes):
         if probs[c] < seg.min_probability or not masks[c].any():
             continue
-        with replacing(out / "masks" / f"{film.stem}__{label}.png", tag) as tmp:
-            if not cv2.imwrite(str(tmp), masks[c].astype(np.uint8) * 255):
-                raise OSError(f"cannot write {tmp}")
         shown.append((label, float(probs[c]), masks[c]))
         for x1, y1, x2, y2 in mask_boxes(masks[c]):
             area = float(masks[c][y1:y2, x1:x2].sum()) / masks[c].size
@@ -199,14 +207,19 @@ def _segment_outputs(out: Path, seg: Segmenter, film, probs: Tensor, planes: Ten
                           "x1": float(x1), "y1": float(y1), "x2": float(x2),
                           "y2": float(y2), "score": round(area, 6),
                           "width": int(film.shape[1]), "height": int(film.shape[0])})
-    if overlays:
-        with replacing(out / "overlays" / f"{film.stem}.png", tag) as tmp:
-            mask_overlay_png(tmp, film.film, film.name, shown)
     if on_film is not None:
         from wsloc.engine.stream import FilmResult
 
         on_film(FilmResult(film.path, film.stem, film.shape, boxes,
-                           masks={label: m for label, _, m in shown}, film=film.film))
+                           masks={label: m for label, _, m in shown}, film=film.film,
+                           dicom=film.header, warnings=list(film.warnings)))
+    for label, _, mask in shown:
+        with replacing(out / "masks" / f"{film.stem}__{label}.png", tag) as tmp:
+            if not cv2.imwrite(str(tmp), mask.astype(np.uint8) * 255):
+                raise OSError(f"cannot write {tmp}")
+    if overlays:
+        with replacing(out / "overlays" / f"{film.stem}.png", tag) as tmp:
+            mask_overlay_png(tmp, film.film, film.name, shown, notes=film.notes)
     return boxes, {"masks": len(shown)}
 
 

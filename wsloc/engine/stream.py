@@ -12,16 +12,20 @@ An output folder OUT holds:
   ``OUT/shards/I-of-N/boxes.jsonl``. Per film, in the order of the inputs: its
   ``boxes.json`` records, one JSON object a line, then its *done record*
   ``{"done": PATH, "i": …, "stem": …, "size": …, "mtime_ns": …, "status": "boxes" | "no
-  boxes" | "failed", "boxes": …, "reason": …}`` — a film counts as finished only once its
-  done record is on disk, after its overlays, maps and masks. Lines are flushed per batch;
+  boxes" | "failed", "boxes": …, "reason": …, "warnings": […]}`` — a film counts as
+  finished only once its done record is on disk, after its overlays, maps, masks and DICOM
+  outputs. ``warnings`` (only when there are any): what a reader of the film's results must
+  know — a DICOM header saying it is not a chest radiograph, a model applied outside the
+  domain it was trained on. Lines are flushed per batch;
   a line cut by a kill (or the records of a film whose done record never came) is dropped
   on ``--resume``. ``part.json`` beside it says the part is complete.
-- ``OUT/overlays/``, ``OUT/masks/``, ``OUT/maps/``: per film, written whole or not at all
-  (:func:`wsloc.engine.rundir.replacing`), shared by all shards: a film's files are named
-  by its stem (:func:`unique_stems`), unique over the whole input list.
-- ``OUT/boxes.json`` and ``OUT/failed.txt``: assembled from the parts, in input order, when
-  the last part is done (:func:`merge`): byte for byte what a single uninterrupted process
-  writes, whatever the batches, workers, shards or resumes.
+- ``OUT/overlays/``, ``OUT/masks/``, ``OUT/maps/``, ``OUT/dicom/``: per film, written whole
+  or not at all (:func:`wsloc.engine.rundir.replacing`), shared by all shards: a film's files
+  are named by its stem (:func:`unique_stems`), unique over the whole input list.
+- ``OUT/boxes.json``, ``OUT/failed.txt`` and ``OUT/warnings.txt`` (each film's warnings, a
+  line each: path, tab, warning): assembled from the parts, in input order, when the last
+  part is done (:func:`merge`): byte for byte what a single uninterrupted process writes,
+  whatever the batches, workers, shards or resumes.
 
 Resuming matches a film by its path as listed, its output stem, its size and its mtime in
 nanoseconds — not by a hash of its content, which would mean reading every film of the
@@ -40,6 +44,7 @@ from __future__ import annotations
 import heapq
 import json
 import os
+import sys
 import time
 import uuid
 import warnings
@@ -54,20 +59,29 @@ import torch
 
 from wsloc.engine.rundir import RunMismatch, claim, remove_temps, replacing, write_json_atomic
 
-__all__ = ["Film", "FilmResult", "FilmStream", "FilmDataset", "MergeError", "merge",
-           "parse_shard", "default_workers", "unique_stems", "checkpoint_sha256",
-           "write_json_list", "PART", "PART_DONE", "IMAGE_DIRS"]
+__all__ = ["Film", "FilmResult", "FilmStream", "FilmDataset", "FilmFailed", "MergeError",
+           "merge", "parse_shard", "default_workers", "unique_stems", "checkpoint_sha256",
+           "write_json_list", "PART", "PART_DONE", "IMAGE_DIRS", "WARNINGS"]
 
 FORMAT = 1
 PART = "boxes.jsonl"
 PART_DONE = "part.json"
-IMAGE_DIRS = ("overlays", "masks", "maps")
+IMAGE_DIRS = ("overlays", "masks", "maps", "dicom")
+WARNINGS = "warnings.txt"
+SHOWN_WARNINGS = 10  # per-film warnings printed as they come; the rest counted at the end
 KILL_ENV = "WSLOC_KILL_AFTER_FILMS"  # tests: SIGKILL this process mid-write after N films
 
 
 class MergeError(ValueError):
     """Parts that do not make one whole run: missing, overlapping, unfinished, or made by
     different checkpoints, settings or input lists."""
+
+
+class FilmFailed(Exception):
+    """Raised by a film's task (or its ``on_film`` callback) when this one film cannot get
+    its outputs (e.g. a DICOM SEG that cannot be built on its header): the film becomes a
+    listed failure with the message as its reason, and the run goes on. Any other exception
+    of a task stops the run."""
 
 
 def parse_shard(spec: str | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -164,11 +178,18 @@ class FilmDataset(torch.utils.data.Dataset):
     """The films still to do, read and transformed for the network; never raises.
 
     Item ``k`` is a dict: ``i`` (the film's index in ``files``), ``size`` and ``mtime_ns``
-    (as seen just before reading; None when the file is gone), and either ``x``
-    (Tensor[1, h, w], the network's input), ``shape`` (the film's (H, W)) and ``film``
+    (as seen just before reading; None when the file is gone), ``warnings`` (a list: for a
+    DICOM whose header says it is not a chest radiograph,
+    :func:`wsloc.dicom_out.dicom_domain_check`'s message), and either ``x``
+    (Tensor[1, h, w], the network's input), ``shape`` (the film's (H, W)), ``film``
     (Tensor[H, W] float32 in [0, 1], when ``keep_film``; a tensor so that it crosses from
-    a worker through shared memory), or ``error``: why it cannot be read (a corrupt,
-    truncated or vanished file, a folder that loops — any exception of the reader).
+    a worker through shared memory) and ``header`` (a DICOM's header, a pydicom Dataset
+    without pixel data, when ``keep_header``; else None), or ``error``: why it cannot be
+    read (a corrupt, truncated or vanished file, a folder that loops — any exception of the
+    reader), or why it is skipped (``strict_dicom``).
+
+    A DICOM's header is read (``stop_before_pixels``: a few kB) before its pixels, for the
+    chest check; with ``strict_dicom`` a film that fails it is not decoded at all.
 
     Args:
         files: every input, in order (paths as listed).
@@ -177,15 +198,21 @@ class FilmDataset(torch.utils.data.Dataset):
         known: reasons already known at listing time, by path (symlink loops, folders that
             cannot be listed).
         keep_film: also return the film itself (overlays, masks).
+        keep_header: also return a DICOM's header (``--dicom-out``).
+        strict_dicom: a DICOM whose header says it is not a chest radiograph is an
+            ``error`` (skipped), not a warning.
     """
 
     def __init__(self, files: Sequence[str | Path], todo: Sequence[int], transform,
-                 known: dict[str, str] | None = None, keep_film: bool = True) -> None:
+                 known: dict[str, str] | None = None, keep_film: bool = True,
+                 keep_header: bool = False, strict_dicom: bool = False) -> None:
         self.files = [str(p) for p in files]
         self.todo = np.asarray(todo, dtype=np.int64)
         self.transform = transform
         self.known = dict(known or {})
         self.keep_film = keep_film
+        self.keep_header = keep_header
+        self.strict_dicom = strict_dicom
 
     def __len__(self) -> int:
         return len(self.todo)
@@ -195,7 +222,8 @@ class FilmDataset(torch.utils.data.Dataset):
 
         i = int(self.todo[k])
         path = self.files[i]
-        item = {"i": i, "size": None, "mtime_ns": None, "error": None}
+        item = {"i": i, "size": None, "mtime_ns": None, "error": None, "warnings": [],
+                "header": None}
         if path in self.known:
             item["error"] = self.known[path]
             return item
@@ -203,6 +231,14 @@ class FilmDataset(torch.utils.data.Dataset):
             item["size"], item["mtime_ns"] = _stat(path)
             if item["size"] is None:
                 raise FileNotFoundError(f"{path}: listed, then gone before it was read")
+            header, warning = _dicom_header(path)
+            if warning is not None:
+                if self.strict_dicom:
+                    item["error"] = f"skipped (--strict-dicom): {warning}"
+                    return item
+                item["warnings"].append(warning)
+            if self.keep_header:
+                item["header"] = header
             film = read_image(path)
             item["x"] = torch.from_numpy(self.transform(image=film)["image"])[None]
             item["shape"] = tuple(int(v) for v in film.shape)
@@ -213,6 +249,25 @@ class FilmDataset(torch.utils.data.Dataset):
             item["error"] = str(err) if isinstance(err, (ValueError, OSError)) else (
                 f"{path}: {type(err).__name__}: {err}")
         return item
+
+
+def _dicom_header(path: str) -> tuple[object | None, str | None]:
+    """A DICOM's header (pydicom Dataset, no pixel data) and its chest check's warning;
+    (None, None) for another file, or a header pydicom cannot read (the pixel reader then
+    says why)."""
+    from wsloc.data.images import is_dicom
+
+    if not is_dicom(Path(path)):
+        return None, None
+    import pydicom
+
+    from wsloc.dicom_out import dicom_domain_check
+
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 - read_image reports the file's problem
+        return None, None
+    return header, dicom_domain_check(header)
 
 
 def _as_list(items: list) -> list:
@@ -362,6 +417,8 @@ class _Writer:
                 return
             try:
                 records, extra = result.result()
+            except FilmFailed as err:  # this film only: a listed failure, no results
+                records, extra = [], {"status": "failed", "reason": str(err)}
             except Exception as err:  # an output that cannot be written stops the run
                 raise RuntimeError(f"{done['done']}: {type(err).__name__}: {err}") from err
         else:
@@ -406,7 +463,10 @@ class Film:
 
     ``film`` is float32 [H, W] in [0, 1] (None when the stream was made without
     ``keep_film``); ``shape`` its (H, W); ``name`` the file's name (``boxes.json``'s
-    ``image``); ``stem`` its output name."""
+    ``image``); ``stem`` its output name; ``warnings`` what its done record will carry;
+    ``notes`` the same as short tags for its overlay's caption (e.g. ``OUT OF DOMAIN:
+    synthetic-trained model``); ``header`` its DICOM header (a pydicom Dataset without
+    pixel data) when the stream keeps headers, else None."""
 
     i: int
     path: Path
@@ -416,15 +476,20 @@ class Film:
     film: np.ndarray | None
     size: int | None = None
     mtime_ns: int | None = None
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    header: object | None = None
 
 
 @dataclass
 class FilmResult:
     """What a per-film callback (``on_film`` of ``run_heatmap``/``run_segment``) receives,
-    once per finished film, in a writer thread (so it must be thread-safe), after the
-    film's overlays/maps/masks are written and before its done record is: a film counts as
-    finished only when the callback has returned; an exception stops the run (the film
-    is done again on ``--resume``). Files it writes should go through
+    once per finished film, in a writer thread (so it must be thread-safe), once its
+    results are made and before its overlays/maps/masks are written and its done record is:
+    a film counts as finished only when the callback has returned and those files are on
+    disk. :class:`FilmFailed` from the callback makes this film a listed failure (no
+    records, no files of its own written) and the run goes on; any other exception stops
+    the run (the film is done again on ``--resume``). Files it writes should go through
     :func:`wsloc.engine.rundir.replacing`.
 
     Attributes:
@@ -436,6 +501,9 @@ class FilmResult:
         heatmaps: class → float32 heatmap [H, W] in [0, 1] (``wsloc heatmap``: each shown
             class's, the map its boxes were drawn from).
         film: the film, float32 [H, W] in [0, 1].
+        dicom: its DICOM header (a pydicom Dataset without pixel data) when the run keeps
+            headers (``--dicom-out``), else None.
+        warnings: what the film's done record carries (see :class:`Film`).
     """
 
     source: Path
@@ -445,6 +513,8 @@ class FilmResult:
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     heatmaps: dict[str, np.ndarray] = field(default_factory=dict)
     film: np.ndarray | None = None
+    dicom: object | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 class FilmStream:
@@ -476,6 +546,14 @@ class FilmStream:
         keep_film: the task needs the film's pixels (overlays, masks).
         dirs: the sub-folders of ``out`` the command writes into.
         progress: a progress bar.
+        domain: the model's training domain (:func:`wsloc.engine.domain.checkpoint_domain`):
+            when films lie outside it, one warning for the run (``warnings.warn``, counting
+            them; in the summary's ``warnings``) and one in each such film's done record
+            and overlay caption.
+        keep_header: hand each DICOM's header over with its film (``--dicom-out``).
+        strict_dicom: skip, as a listed failure, a DICOM whose header says it is not a
+            chest radiograph; without it the film is processed, its warning printed (the
+            first :data:`SHOWN_WARNINGS`, then a count) and kept in its done record.
 
     Raises:
         FileExistsError: ``out`` is not empty and ``resume`` is not set.
@@ -485,8 +563,9 @@ class FilmStream:
     def __init__(self, command: str, out: str | Path, files: Sequence[Path],
                  known: dict[str, str], record: dict, batch_size: int, transform, dist, *,
                  resume: bool = False, shard=None, workers: int | None = None,
-                 keep_film: bool = True, dirs: Sequence[str] = (), progress: bool = True
-                 ) -> None:
+                 keep_film: bool = True, dirs: Sequence[str] = (), progress: bool = True,
+                 domain: dict | None = None, keep_header: bool = False,
+                 strict_dicom: bool = False) -> None:
         self.command, self.out, self.files = command, Path(out), list(files)
         self.stems = unique_stems(self.files)
         self.dist = dist
@@ -519,7 +598,8 @@ class FilmStream:
                 not in done]
         self.skipped = len(self.mine) - len(todo)
         self.batch_size = min(batch_size, max(1, len(self.files)))
-        dataset = FilmDataset(self.files, todo, transform, known, keep_film)
+        dataset = FilmDataset(self.files, todo, transform, known, keep_film, keep_header,
+                              strict_dicom)
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=self.batch_size, shuffle=False, num_workers=workers,
             collate_fn=_as_list)  # each worker runs torch on one thread
@@ -527,6 +607,50 @@ class FilmStream:
         # its threads start with the first film handed over, after the readers' fork
         self.writer = _Writer(self.part, threads=2, max_pending=2 * self.batch_size)
         self._pending: dict = {}
+        self.warnings: list[str] = []  # the run's own (the domain), for the summary
+        self._domain = self._domain_check(domain)
+        self._warned = 0  # films with a DICOM warning met in this process
+
+    def _domain_check(self, domain: dict | None) -> tuple[str, str, str] | None:
+        """Warn once when films lie outside the model's domain; (its kind, a film's done
+        record warning, its overlay tag), or None when no film does."""
+        from wsloc.engine.domain import describe, domain_warning
+
+        if domain is None:
+            return None
+        text = domain_warning(domain, self.files)
+        if text is None:
+            return None
+        text = f"wsloc {self.command}: {text}"
+        self.warnings.append(text)
+        if self.dist.main:
+            warnings.warn(text, stacklevel=3)
+        kind = domain.get("kind")
+        if kind == "synthetic":
+            return (kind, f"out of domain: the model was trained on {describe(domain)}, and "
+                    "this film is not one of them; its results here mean nothing",
+                    "OUT OF DOMAIN: synthetic-trained model")
+        return (kind, f"out of domain: the model was trained on {describe(domain)}, and this "
+                "film is a synthetic phantom", "OUT OF DOMAIN: real-film model on a phantom")
+
+    def _film_warnings(self, path: Path, found: list[str]) -> tuple[list[str], list[str]]:
+        """(done-record warnings, overlay tags) of a film read with ``found`` (the
+        reader's); the DICOM ones printed, the first :data:`SHOWN_WARNINGS` of them."""
+        from wsloc.engine.domain import film_domain
+
+        out, notes = list(found), []
+        if found:
+            notes.append("NOT A CHEST RADIOGRAPH (its DICOM header)")
+            self._warned += 1
+            if self._warned <= SHOWN_WARNINGS:
+                from tqdm import tqdm
+
+                for w in found:
+                    tqdm.write(f"warning: {w}", file=sys.stderr)
+        if self._domain is not None and film_domain(path) != self._domain[0]:
+            out.append(self._domain[1])
+            notes.append(self._domain[2])
+        return out, notes
 
     def _claim(self, resume: bool, scheduled_shard: bool) -> str | None:
         """Claim OUT (rank 0 first under torchrun, the others after it); the token the
@@ -573,9 +697,11 @@ class FilmStream:
                     if it["error"] is not None:
                         continue
                     film = it.get("film")
+                    found, notes = self._film_warnings(self.files[i], it.get("warnings") or [])
                     films.append(Film(i, self.files[i], self.files[i].name, self.stems[i],
                                       it["shape"], None if film is None else film.numpy(),
-                                      it["size"], it["mtime_ns"]))
+                                      it["size"], it["mtime_ns"], found, notes,
+                                      it.get("header")))
                     xs.append(it["x"])
                 self._pending = {}
                 if films:
@@ -620,7 +746,10 @@ class FilmStream:
             if not isinstance(entry, tuple):
                 raise RuntimeError(f"{self.files[i]}: the command handed no result back")
             film, task = entry
-            self.writer.put(self._done(i, film.size, film.mtime_ns, "boxes"), task)
+            done = self._done(i, film.size, film.mtime_ns, "boxes")
+            if film.warnings:
+                done["warnings"] = film.warnings
+            self.writer.put(done, task)
         self._pending = {}
 
     def finish(self) -> dict:
@@ -628,18 +757,21 @@ class FilmStream:
         merges (the only part; torchrun's rank 0, once every rank's part is done). Returns
         the summary of :func:`merge`, or of this shard alone (``"shard": "I/N"``)."""
         self.writer.close()
+        if self._warned > SHOWN_WARNINGS:
+            print(f"warning: ... and {self._warned - SHOWN_WARNINGS} more film(s) whose DICOM "
+                  "says they are not chest radiographs (each in its done record and "
+                  f"{self.out / WARNINGS})", file=sys.stderr)
         i, n = self.shard
         info = {"shard": [i, n], "films": len(self.mine), "inputs": _input_digest(self.files),
                 "token": self.token, "record": self.record}
         self.part.finish(self.files, self.stems, self.mine, info)
-        if n == 1:
-            return merge([self.out])
-        if self.dist.world > 1 and self.dist.main:
-            self._wait_for_parts(n)
-            return merge([self.out])
+        if n == 1 or (self.dist.world > 1 and self.dist.main):
+            if n > 1:
+                self._wait_for_parts(n)
+            return dict(merge([self.out]), warnings=list(self.warnings))
         summary = _part_summary(self.part_dir / PART)
         summary.update(shard=f"{i}/{n}", out=str(self.out), failed_file=str(self.part.path),
-                       method=self.record.get("method"))
+                       method=self.record.get("method"), warnings=list(self.warnings))
         if self.dist.world > 1:  # rank 0 merges, and reports every rank's failures
             summary["rank"] = self.dist.rank
         return summary
@@ -664,16 +796,18 @@ class FilmStream:
 
 
 def _part_summary(path: Path) -> dict:
-    images = boxes = masks = 0
+    images = boxes = masks = warned = 0
     failed = []
     for _, records, done in _read_groups(path):
         boxes += len(records)
         masks += int(done.get("masks", 0))
+        warned += bool(done.get("warnings"))
         if done["status"] == "failed":
             failed.append((done["done"], done.get("reason", "")))
         else:
             images += 1
-    return {"images": images, "boxes": boxes, "masks": masks, "failed": failed}
+    return {"images": images, "boxes": boxes, "masks": masks, "failed": failed,
+            "warned": warned}
 
 
 # --- merging parts --------------------------------------------------------------------
@@ -702,7 +836,8 @@ def merge(outs: Sequence[str | Path], progress: bool = False) -> dict:
     masks and maps are copied into ``outs[0]``.
 
     Returns:
-        A summary: images (films read), boxes, masks, failed [(path, reason)], out, method.
+        A summary: images (films read), boxes, masks, failed [(path, reason)], warned (films
+        with warnings, listed in ``warnings.txt``), out, method.
 
     Raises:
         MergeError: a shard missing, unfinished, given twice, or made from another input
@@ -763,11 +898,12 @@ def merge(outs: Sequence[str | Path], progress: bool = False) -> dict:
     total = json.loads(next(iter(digests)))["count"]
     streams = [_read_groups(folder / PART) for folder, _ in sorted(parts, key=lambda p:
                                                                     p[1]["shard"][0])]
-    summary = {"images": 0, "boxes": 0, "masks": 0, "failed": [], "out": str(dest),
-               "method": record.get("method")}
+    summary = {"images": 0, "boxes": 0, "masks": 0, "failed": [], "warned": 0,
+               "out": str(dest), "method": record.get("method")}
     expected = 0
+    warned = dest / WARNINGS
 
-    def films():
+    def films(notes):
         nonlocal expected
         for i, records, done in heapq.merge(*streams, key=lambda g: g[0]):
             if i != expected:
@@ -776,16 +912,22 @@ def merge(outs: Sequence[str | Path], progress: bool = False) -> dict:
                                  "shards")
             expected += 1
             summary["masks"] += int(done.get("masks", 0))
+            if done.get("warnings"):
+                summary["warned"] += 1
+                notes.write("".join(f"{done['done']}\t{w}\n" for w in done["warnings"]))
             if done["status"] == "failed":
                 summary["failed"].append((done["done"], done.get("reason", "")))
             else:
                 summary["images"] += 1
             yield from records
 
-    with replacing(dest / "boxes.json") as tmp, open(tmp, "w") as f:
-        summary["boxes"] = write_json_list(f, films())
+    with replacing(dest / "boxes.json") as tmp, open(tmp, "w") as f, \
+            replacing(warned) as notes_tmp, open(notes_tmp, "w") as notes:
+        summary["boxes"] = write_json_list(f, films(notes))
         if expected != total:
             raise MergeError(f"the shards hold {expected} of {total} films")
+    if not summary["warned"]:
+        warned.unlink()
     failed = dest / "failed.txt"
     if summary["failed"]:
         with replacing(failed) as tmp:
