@@ -21,15 +21,13 @@ from pydicom.data import get_testdata_file
 from pydicom.sr.codedict import codes
 
 from tests.data.test_dicom import write_dicom
-from tests.engine.test_train import TINY
+from tests.engine.tiny import tiny_run
 from tests.test_dicom_out import make_film
 from wsloc.boxes import heatmap_masks
 from wsloc.cli import main
-from wsloc.config import load_config
 from wsloc.dicom_out import finding_code
 from wsloc.engine.heatmap import run_heatmap
 from wsloc.engine.segment import run_segment
-from wsloc.engine.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = {"heatmap": ["--all-classes"], "segment": ["--min-probability", "0"]}
@@ -37,14 +35,8 @@ COMMANDS = {"heatmap": ["--all-classes"], "segment": ["--min-probability", "0"]}
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("dicomcli")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("WSLOC_CACHE", str(base / "cache"))
-    try:
-        yield train(load_config(None, TINY + ["model.feature_stride=8"]), out=base / "run",
-                    progress=False)
-    finally:
-        mp.undo()
+    with tiny_run(tmp_path_factory, "dicomcli") as run_dir:
+        yield run_dir
 
 
 def _synthetic_images(run):

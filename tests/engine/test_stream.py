@@ -16,24 +16,16 @@ import pytest
 import torch
 
 from tests.data.test_dicom import write_dicom
-from tests.engine.test_train import TINY
+from tests.engine.tiny import tiny_run
 from wsloc.cli import main
-from wsloc.config import load_config
-from wsloc.engine.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("stream")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("WSLOC_CACHE", str(base / "cache"))
-    try:
-        yield train(load_config(None, TINY + ["model.feature_stride=8"]), out=base / "run",
-                    progress=False)
-    finally:
-        mp.undo()
+    with tiny_run(tmp_path_factory, "stream") as run_dir:
+        yield run_dir
 
 
 @pytest.fixture(scope="module")
