@@ -21,7 +21,7 @@ DEFAULTS: dict = {
         "synthetic": {"n": 2000, "size": 256, "seed": 0},
         "classes": "chestxray8",
         "views": None,
-        "image_size": 96,
+        "image_size": 128,  # the demo's: 32×32 class maps (configs/demo.yaml)
         "train_transform": "train_flip",  # the demo's; the paper's configs set "train"
         "eval_transform": "eval",
         "val_fraction": 0.1,
