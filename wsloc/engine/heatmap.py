@@ -234,6 +234,9 @@ def run_heatmap(checkpoint: str | Path, inputs: Sequence[str | Path], out: str |
     for films, x in stream:
         results = localizer(x, [f.shape for f in films], [f.name for f in films])
         for film, loc in zip(films, results):
+            # a record names its film's outputs too: two films of one name in different
+            # folders share `image` (x.png) but not `stem` (x, x-2)
+            loc.boxes = [{"image": b["image"], "stem": film.stem, **b} for b in loc.boxes]
             if not keep_maps:
                 stream.put(film, records=loc.boxes)
                 continue

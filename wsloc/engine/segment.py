@@ -202,7 +202,7 @@ def _segment_outputs(out: Path, seg: Segmenter, film, probs: Tensor, planes: Ten
         shown.append((label, float(probs[c]), masks[c]))
         for x1, y1, x2, y2 in mask_boxes(masks[c]):
             area = float(masks[c][y1:y2, x1:x2].sum()) / masks[c].size
-            boxes.append({"image": film.name, "class": label,
+            boxes.append({"image": film.name, "stem": film.stem, "class": label,
                           "probability": round(float(probs[c]), 6),
                           "x1": float(x1), "y1": float(y1), "x2": float(x2),
                           "y2": float(y2), "score": round(area, 6),
